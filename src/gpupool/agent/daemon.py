@@ -1,0 +1,233 @@
+"""The agent's loops: register, heartbeat, long-poll for lease changes, and reconcile.
+
+Reconciliation is level-triggered: each answer from the coordinator lists the leases this
+worker should be running; the agent brings up the ones it lacks, tears down the ones it runs
+but should not, and reports each member's state until the coordinator has it. Running the
+same answer twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from decimal import Decimal
+
+import gpupool
+from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
+from gpupool.agent.settings import AgentSettings
+from gpupool.agent.state import AgentState, LeaseRecord
+from gpupool.crypto.identity import Identity
+from gpupool.domain.leases import MemberState
+from gpupool.domain.models import DeviceSpec
+from gpupool.domain.money import format_micros
+from gpupool.wire import models as w
+
+log = logging.getLogger("gpupool.agent")
+
+RETRY_SECONDS = 2.0
+
+
+class FatalAgentError(Exception):
+    """The agent cannot go on (for example, the coordinator refuses its supplier key)."""
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        identity: Identity,
+        link: CoordinatorLink,
+        sandboxes: Sandboxes,
+        devices: list[DeviceSpec],
+        state: AgentState,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.link = link
+        self.sandboxes = sandboxes
+        self.devices = devices
+        self.state = state
+        self.running: dict[str, Sandbox] = {}
+        self.version = -1
+        self.interval = settings.heartbeat_seconds or 10.0
+        self._lock = threading.Lock()
+
+    # start-up -------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Re-attach the sandboxes of leases recorded before a restart."""
+        for lease_id, record in list(self.state.leases.items()):
+            sandbox = self.sandboxes.attach(lease_id, record.sandbox)
+            if sandbox is None:
+                log.warning("event=lease_sandbox_lost lease=%s", lease_id)
+                del self.state.leases[lease_id]
+                self.state.unreported.update((lease_id, d) for d in record.devices)
+            else:
+                self.running[lease_id] = sandbox
+                log.info("event=lease_adopted lease=%s sandbox=%s", lease_id, sandbox.path)
+        for stray in self.sandboxes.leftovers(set(self.state.leases)):
+            log.warning("event=stray_sandbox_removed sandbox=%s", stray.path)
+            stray.destroy()
+        self.state.save()
+
+    def registration(self) -> w.WorkerRegister:
+        s = self.settings
+        return w.WorkerRegister(
+            public_key=self.identity.public_key_b64,
+            hostname=s.hostname,
+            location=w.LocationIn(latitude=s.latitude, longitude=s.longitude, region=s.region),
+            datacenter_tier=s.datacenter_tier,
+            soc2_claimed=s.soc2_claimed,
+            devices=[
+                w.DeviceSpecIn(
+                    local_name=d.local_name,
+                    kind=d.kind,
+                    model=d.model,
+                    memory_mb=d.memory_mb,
+                    price_per_hour=Decimal(format_micros(d.price_micros_per_hour)),
+                    uuid=d.uuid,
+                    cores=list(d.cores),
+                    driver_version=d.driver_version,
+                    cuda_version=d.cuda_version,
+                    pci_bus_id=d.pci_bus_id,
+                )
+                for d in self.devices
+            ],
+            agent_version=gpupool.__version__,
+            sandbox=self.sandboxes.kind,
+        )
+
+    def register(self, stop: threading.Event) -> w.WorkerOut | None:
+        """Register, retrying while the coordinator is unreachable or failing."""
+        while not stop.is_set():
+            try:
+                worker = self.link.register(self.registration())
+            except LinkError as exc:
+                if exc.status in (401, 403, 422):
+                    raise FatalAgentError(f"the coordinator refused to register: {exc}") from exc
+                log.warning("event=register_retry reason=%s", exc.message)
+                stop.wait(RETRY_SECONDS)
+                continue
+            log.info(
+                "event=registered worker=%s devices=%d sandbox=%s",
+                worker.id,
+                len(worker.devices),
+                self.sandboxes.kind,
+            )
+            return worker
+        return None
+
+    # loops ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        self.adopt()
+        if self.register(stop) is None:
+            return
+        poller = threading.Thread(
+            target=self._poll_loop, args=(stop,), name="lease-poll", daemon=True
+        )
+        poller.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.apply(self.link.heartbeat())
+                except LinkError as exc:
+                    self._on_link_error(exc, stop)
+                stop.wait(self.interval)
+        finally:
+            poller.join(timeout=1)
+            if self.settings.teardown_on_exit:
+                self.teardown_all()
+
+    def _poll_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.apply(self.link.leases(self.version, self.settings.long_poll_seconds))
+            except LinkError as exc:
+                self._on_link_error(exc, stop)
+                stop.wait(RETRY_SECONDS)
+
+    def _on_link_error(self, exc: LinkError, stop: threading.Event) -> None:
+        log.warning("event=coordinator_error status=%d reason=%s", exc.status, exc.message)
+        if exc.status == 401 and "unknown worker" in exc.message:
+            self.register(stop)  # the coordinator lost us (a fresh database): register again
+
+    # reconciliation ----------------------------------------------------------------------
+
+    def apply(self, answer: w.AssignmentsOut) -> None:
+        with self._lock:
+            self.version = answer.lease_version
+            self.interval = self.settings.heartbeat_seconds or answer.heartbeat_seconds
+            desired = {a.lease_id: a for a in answer.leases}
+            for lease_id in [x for x in self.running if x not in desired]:
+                self._tear_down(lease_id)
+            self._flush_releases()
+            for assignment in desired.values():
+                if assignment.lease_id not in self.running:
+                    self._bring_up(assignment)
+                else:
+                    self._report_ready(assignment)
+
+    def _bring_up(self, a: w.AssignmentOut) -> None:
+        log.info("event=lease_start lease=%s devices=%s", a.lease_id, ",".join(a.local_devices))
+        for device in a.local_devices:
+            self._report(a.lease_id, device, MemberState.PROVISIONING)
+        try:
+            sandbox = self.sandboxes.create(a.lease_id)
+        except (SandboxError, OSError) as exc:
+            log.error("event=lease_sandbox_failed lease=%s reason=%s", a.lease_id, exc)
+            for device in a.local_devices:
+                self._report(a.lease_id, device, MemberState.FAILED, f"sandbox: {exc}")
+            return
+        self.running[a.lease_id] = sandbox
+        self.state.leases[a.lease_id] = LeaseRecord(sandbox.path, list(a.local_devices))
+        self.state.save()
+        self._report_ready(a)
+
+    def _report_ready(self, a: w.AssignmentOut) -> None:
+        mine = set(a.local_devices)
+        for member in a.members:
+            if member.device_id in mine and member.state is not MemberState.READY:
+                self._report(a.lease_id, member.device_id, MemberState.READY)
+
+    def _tear_down(self, lease_id: str) -> None:
+        sandbox = self.running[lease_id]
+        try:
+            sandbox.destroy()
+        except SandboxError as exc:
+            log.error("event=lease_teardown_failed lease=%s reason=%s", lease_id, exc)
+            return  # try again on the next answer
+        del self.running[lease_id]
+        record = self.state.leases.pop(lease_id, None)
+        self.state.unreported.update((lease_id, d) for d in (record.devices if record else []))
+        self.state.save()
+        log.info("event=lease_end lease=%s", lease_id)
+
+    def _flush_releases(self) -> None:
+        for lease_id, device in sorted(self.state.unreported):
+            try:
+                self.link.report(lease_id, device, MemberState.RELEASED.value)
+            except LinkError as exc:
+                if exc.status not in (404, 409):
+                    continue  # keep it; report again later
+            self.state.unreported.discard((lease_id, device))
+        self.state.save()
+
+    def _report(self, lease_id: str, device: str, state: MemberState, reason: str = "") -> None:
+        try:
+            self.link.report(lease_id, device, state.value, reason)
+        except LinkError as exc:
+            log.warning(
+                "event=report_failed lease=%s device=%s state=%s reason=%s",
+                lease_id,
+                device,
+                state,
+                exc.message,
+            )
+
+    def teardown_all(self) -> None:
+        with self._lock:
+            for lease_id in list(self.running):
+                self._tear_down(lease_id)
+            self._flush_releases()

@@ -1,0 +1,104 @@
+"""The agent's side of the API: every request signed with the worker's Ed25519 key.
+
+The body is serialized once, signed, and sent as exactly those bytes; the path that is signed
+includes the query string, so neither can be changed in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from gpupool.crypto.identity import Identity
+from gpupool.crypto.requests import sign_request
+from gpupool.wire import models as w
+
+
+class LinkError(Exception):
+    """The coordinator answered with an error, or could not be reached (status 0)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}" if status else message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class CoordinatorLink:
+    def __init__(
+        self,
+        base_url: str,
+        identity: Identity,
+        supplier_key: str,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 15.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        """`http` replaces the HTTP client (tests pass an in-process app's client)."""
+        self._http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        self._identity = identity
+        self._supplier_key = supplier_key
+        self._clock = clock
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        timeout: float | None = None,
+        with_key: bool = False,
+    ) -> Any:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        headers = sign_request(self._identity, method, path, body, self._clock()).as_dict()
+        if body:
+            headers["Content-Type"] = "application/json"
+        if with_key:
+            headers["Authorization"] = f"Bearer {self._supplier_key}"
+        try:
+            response = self._http.request(
+                method,
+                path,
+                content=body,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise LinkError(0, "unreachable", f"coordinator unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                data = response.json()
+                code, message = data.get("error", "error"), data.get("message", response.text)
+            except ValueError:
+                code, message = "error", response.text[:200]
+            raise LinkError(response.status_code, code, message)
+        return response.json()
+
+    def register(self, registration: w.WorkerRegister) -> w.WorkerOut:
+        data = self.call(
+            "POST", "/v1/agent/register", registration.model_dump(mode="json"), with_key=True
+        )
+        return w.WorkerOut.model_validate(data)
+
+    def heartbeat(self) -> w.AssignmentsOut:
+        return w.AssignmentsOut.model_validate(self.call("POST", "/v1/agent/heartbeat"))
+
+    def leases(self, version: int, wait: float) -> w.AssignmentsOut:
+        data = self.call(
+            "GET", f"/v1/agent/leases?version={version}&wait={wait:g}", timeout=wait + 15
+        )
+        return w.AssignmentsOut.model_validate(data)
+
+    def report(self, lease_id: str, device_id: str, state: str, reason: str = "") -> str:
+        data = self.call(
+            "POST",
+            f"/v1/agent/leases/{lease_id}/members",
+            {"device_id": device_id, "state": state, "reason": reason},
+        )
+        return str(data["lease_state"])

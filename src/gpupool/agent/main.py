@@ -1,0 +1,67 @@
+"""Starting the agent process: lock the state folder, load the identity, find the devices,
+and run the loops until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from gpupool.agent.daemon import Agent
+from gpupool.agent.devices import discover
+from gpupool.agent.link import CoordinatorLink
+from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root
+from gpupool.agent.settings import AgentSettings
+from gpupool.agent.state import AgentState, lock_state_dir
+from gpupool.crypto.identity import load_or_create
+from gpupool.domain.models import DeviceKind
+from gpupool.domain.money import to_micros
+
+log = logging.getLogger("gpupool.agent")
+
+IDENTITY_FILE = "identity.key"
+STATE_FILE = "leases.json"
+
+
+def run_agent(settings: AgentSettings) -> None:
+    """Run until stopped. Raises FatalAgentError, KeyFileError or StateDirBusy on set-up
+    problems the operator must fix."""
+    lock = lock_state_dir(settings.state_dir)
+    try:
+        identity, created = load_or_create(settings.state_dir / IDENTITY_FILE)
+        log.info("event=identity worker=%s created=%s", identity.worker_id, created)
+        devices = discover(
+            settings.cpu_group_size,
+            settings.cpus,
+            to_micros(settings.gpu_price),
+            to_micros(settings.cpu_price),
+        )
+        if all(d.kind is DeviceKind.CPU for d in devices):
+            log.info("event=no_gpu note=offering %d CPU devices (NVML found no GPU)", len(devices))
+        sandboxes = Sandboxes(identity.worker_id, find_cgroup2_root())
+        if sandboxes.kind != "cgroup2":
+            log.warning("event=no_cgroup2 note=leases are isolated by process group only")
+        link = CoordinatorLink(settings.coordinator_url, identity, settings.supplier_key)
+        agent = Agent(
+            settings,
+            identity,
+            link,
+            sandboxes,
+            devices,
+            AgentState.load(settings.state_dir / STATE_FILE),
+        )
+        stop = threading.Event()
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("event=agent_stopping signal=%s", signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            agent.run(stop)
+        finally:
+            link.close()
+    finally:
+        lock.close()

@@ -1,0 +1,272 @@
+"""Lease sandboxes: every process of a lease runs in the lease's own cgroup and process group,
+so the agent can tell which processes are the lease's and kill all of them at the end.
+
+`CgroupSandbox` uses the unified (v2) hierarchy, which this kernel has even in v1/v2 hybrid
+mode; membership there is exact, also for processes that double-fork out of their process
+group. Where no writable cgroup v2 exists (no root, say) `ProcessGroupSandbox` falls back to a
+process group, which a process can leave with setsid: the agent says which one it uses when it
+registers.
+
+Each lease starts with one process, the lease init (`gpupool.agent.lease_init`): the leader of
+the lease's process group and a child subreaper that reaps the lease's orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+KILL_WAIT_SECONDS = 10.0
+
+
+class SandboxError(Exception):
+    pass
+
+
+class Sandbox(Protocol):
+    lease_id: str
+
+    @property
+    def path(self) -> str:
+        """Where the sandbox lives (a cgroup directory, or a process group id)."""
+        ...
+
+    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+        """Start a process inside the sandbox; returns its pid."""
+        ...
+
+    def pids(self) -> set[int]:
+        """Every process that belongs to the lease now."""
+        ...
+
+    def destroy(self) -> None:
+        """Kill every process of the lease, wait until none is left, remove the sandbox."""
+        ...
+
+
+def cgroup2_mount(mountinfo: str) -> Path | None:
+    """The mount point of the unified cgroup hierarchy, from /proc/self/mountinfo text."""
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            return Path(left.split()[4])
+    return None
+
+
+def own_cgroup2_path(proc_cgroup: str) -> str:
+    """This process's cgroup in the unified hierarchy, from /proc/self/cgroup text."""
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return "/"
+
+
+def find_cgroup2_root() -> Path | None:
+    """The writable cgroup v2 directory the agent may create lease cgroups under, if any."""
+    try:
+        mount = cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+        own = own_cgroup2_path(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        return None
+    if mount is None:
+        return None
+    base = mount / own.lstrip("/")
+    if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
+        return None
+    return base
+
+
+def _lease_init_argv() -> list[str]:
+    return [sys.executable, "-m", "gpupool.agent.lease_init"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class CgroupSandbox:
+    lease_id: str
+    directory: Path
+
+    @property
+    def path(self) -> str:
+        return str(self.directory)
+
+    @classmethod
+    def create(cls, root: Path, lease_id: str) -> CgroupSandbox:
+        directory = root / lease_id
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SandboxError(f"cannot create cgroup {directory}: {exc}") from exc
+        return cls(lease_id, directory)
+
+    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+        # The child enters the cgroup itself, before exec, so nothing it starts can escape.
+        procs = self.directory / "cgroup.procs"
+        wrapper = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *argv]
+        proc = subprocess.Popen(
+            wrapper,
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        _REAPED.append(proc)
+        return proc.pid
+
+    def pids(self) -> set[int]:
+        try:
+            text = (self.directory / "cgroup.procs").read_text()
+        except FileNotFoundError:
+            return set()
+        return {int(p) for p in text.split()}
+
+    def destroy(self) -> None:
+        if not self.directory.exists():
+            return
+        kill_file = self.directory / "cgroup.kill"
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while True:
+            _reap()
+            pids = self.pids()
+            if not pids:
+                break
+            if time.monotonic() > deadline:
+                raise SandboxError(f"processes {sorted(pids)} of {self.lease_id} survive kill")
+            if kill_file.exists():
+                kill_file.write_text("1")
+            else:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        for _ in range(100):
+            try:
+                self.directory.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # the kernel can lag a moment behind the last exit
+                _reap()
+                time.sleep(0.02)
+        raise SandboxError(f"cannot remove cgroup {self.directory}")
+
+
+@dataclass
+class ProcessGroupSandbox:
+    """Fallback without cgroups: the lease is the process group of its init process."""
+
+    lease_id: str
+    pgid: int | None = None
+
+    @property
+    def path(self) -> str:
+        return f"pgid:{self.pgid}" if self.pgid else "pgid:-"
+
+    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
+        # The first process leads a new session and group; later ones join that group.
+        proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=self.pgid is None,
+            process_group=self.pgid,
+        )
+        _REAPED.append(proc)
+        if self.pgid is None:
+            self.pgid = proc.pid
+        return proc.pid
+
+    def pids(self) -> set[int]:
+        if self.pgid is None:
+            return set()
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    if int(fields[2]) == self.pgid and fields[0] != "Z":
+                        found.add(int(entry.name))
+        return found
+
+    def destroy(self) -> None:
+        if self.pgid is None:
+            return
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            _reap()
+            if time.monotonic() > deadline:
+                raise SandboxError(f"process group {self.pgid} survives kill")
+            time.sleep(0.02)
+        _reap()
+
+
+# Children the agent started; polled so that killed ones do not linger as zombies.
+_REAPED: list[subprocess.Popen[bytes]] = []
+
+
+def _reap() -> None:
+    _REAPED[:] = [p for p in _REAPED if p.poll() is None]
+
+
+class Sandboxes:
+    """Makes and re-attaches lease sandboxes of one worker, by the best means available."""
+
+    def __init__(self, worker_id: str, cgroup_root: Path | None) -> None:
+        self.root = cgroup_root / f"gpupool-{worker_id}" if cgroup_root else None
+
+    @property
+    def kind(self) -> str:
+        return "cgroup2" if self.root else "process-group"
+
+    def create(self, lease_id: str) -> Sandbox:
+        sandbox: Sandbox
+        if self.root is not None:
+            sandbox = CgroupSandbox.create(self.root, lease_id)
+        else:
+            sandbox = ProcessGroupSandbox(lease_id)
+        sandbox.spawn(_lease_init_argv())
+        return sandbox
+
+    def attach(self, lease_id: str, path: str) -> Sandbox | None:
+        """The sandbox of a lease recorded before a restart, if it still exists."""
+        if path.startswith("pgid:"):
+            pgid = path.removeprefix("pgid:")
+            box = ProcessGroupSandbox(lease_id, int(pgid) if pgid.isdigit() else None)
+            return box if box.pids() else None
+        directory = Path(path)
+        return CgroupSandbox(lease_id, directory) if directory.is_dir() else None
+
+    def leftovers(self, known: set[str]) -> list[Sandbox]:
+        """Lease cgroups on disk that no record names (a crash between create and save)."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        return [
+            CgroupSandbox(d.name, d)
+            for d in self.root.iterdir()
+            if d.is_dir() and d.name not in known
+        ]

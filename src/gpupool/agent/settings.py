@@ -1,0 +1,30 @@
+"""The agent's settings: one typed object per process, built by the CLI."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    coordinator_url: str
+    supplier_key: str = field(repr=False)
+    state_dir: Path
+    region: str = "local"
+    latitude: float = 0.0
+    longitude: float = 0.0
+    datacenter_tier: int = 0
+    soc2_claimed: bool = False
+    cpu_group_size: int = 1
+    cpus: str | None = None
+    gpu_price: str = "1.00"
+    cpu_price: str = "0.05"
+    hostname: str = field(default_factory=socket.gethostname)
+    long_poll_seconds: float = 25.0
+    # None: follow the interval the coordinator announces.
+    heartbeat_seconds: float | None = None
+    # Tear down running leases when the agent exits (the local network uses this; a real
+    # agent keeps leases running across its own restarts).
+    teardown_on_exit: bool = False

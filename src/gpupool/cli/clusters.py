@@ -1,0 +1,193 @@
+"""`gpupool cluster`: book, list, show, extend and terminate clusters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gpupool.cli.common import (
+    DEFAULT_COORDINATOR,
+    CliError,
+    CoordinatorOpt,
+    JsonOpt,
+    KeyOpt,
+    client,
+    err,
+    out,
+    print_json,
+    table,
+    wait_with_progress,
+    when,
+)
+from gpupool.client import Client
+from gpupool.domain.models import DeviceKind, SecurityTier
+from gpupool.wire.models import ClusterOut
+
+app = typer.Typer(help="Clusters: book devices by the hour.", no_args_is_help=True)
+
+TERMINAL = ("ended", "failed")
+
+
+def wait_for_state(
+    gp: Client, cluster_id: str, states: tuple[str, ...], timeout: float, quiet: bool
+) -> ClusterOut:
+    last: list[ClusterOut] = []
+
+    def check() -> ClusterOut | None:
+        cluster = gp.cluster(cluster_id)
+        last[:] = [cluster]
+        if cluster.state in states or (cluster.state in TERMINAL and cluster.state not in states):
+            return cluster
+        return None
+
+    return wait_with_progress(
+        f"waiting for {cluster_id} to be {' or '.join(states)}",
+        check,
+        timeout,
+        quiet,
+        lambda: f"it is {last[0].state}" if last else "",
+    )
+
+
+def show_cluster(c: ClusterOut) -> None:
+    out.print(
+        f"[bold]{c.id}[/bold]  lease {c.lease_id}  state [bold]{c.state}[/bold]"
+        + (f"  ({c.reason})" if c.reason else "")
+    )
+    out.print(
+        f"  T1 {when(c.t1)}   T2 {when(c.t2)}   {c.hours} h   "
+        f"{c.price_per_hour}/h, {c.total_price} in all   head {c.head_device_id}"
+    )
+    out.print(
+        table(
+            "members",
+            ["device", "worker", "state", "note"],
+            [(m.device_id, m.worker_id, m.state, m.reason) for m in c.members],
+        )
+    )
+    out.print(
+        table("events", ["at", "state", "note"], [(when(e.at), e.state, e.note) for e in c.events])
+    )
+
+
+@app.command("create")
+def create(
+    devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="How many devices.")],
+    max_price: Annotated[str, typer.Option(help="Highest price per device-hour you accept.")],
+    kind: Annotated[DeviceKind, typer.Option(help="gpu or cpu.")] = DeviceKind.GPU,
+    hours: Annotated[int, typer.Option(min=1, help="Whole hours.")] = 1,
+    gpu_model: Annotated[list[str] | None, typer.Option(help="Accept this model (repeat).")] = None,
+    min_memory_mb: Annotated[int, typer.Option(min=0)] = 0,
+    region: Annotated[list[str] | None, typer.Option(help="Accept this region (repeat).")] = None,
+    security: Annotated[SecurityTier, typer.Option(help="Supplier security tier.")] = (
+        SecurityTier.ANY
+    ),
+    min_datacenter_tier: Annotated[int, typer.Option(min=0, max=4)] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait until the cluster is ready.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Book a cluster of devices for whole hours."""
+    with client(coordinator, key) as gp:
+        cluster = gp.create_cluster(
+            devices=devices,
+            kind=kind.value,
+            hours=hours,
+            max_price_per_hour=max_price,
+            gpu_models=gpu_model or None,
+            min_memory_mb=min_memory_mb or None,
+            regions=region or None,
+            security_tier=security.value,
+            min_datacenter_tier=min_datacenter_tier or None,
+        )
+        if not json_out:
+            err.print(
+                f"booked {cluster.id}: {len(cluster.members)} devices, "
+                f"{cluster.total_price} for {cluster.hours} h"
+            )
+        if wait:
+            cluster = wait_for_state(gp, cluster.id, ("ready",), timeout, json_out)
+            if cluster.state != "ready":
+                raise CliError(f"{cluster.id} is {cluster.state}: {cluster.reason}")
+    if json_out:
+        print_json(cluster)
+    else:
+        show_cluster(cluster)
+
+
+@app.command("list")
+def list_clusters(
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR, key: KeyOpt = None, json_out: JsonOpt = False
+) -> None:
+    """List your clusters."""
+    with client(coordinator, key) as gp:
+        clusters = gp.clusters()
+    if json_out:
+        print_json(clusters)
+        return
+    out.print(
+        table(
+            f"{len(clusters)} clusters",
+            ["cluster", "state", "devices", "T1", "T2", "price/h"],
+            [
+                (c.id, c.state, len(c.members), when(c.t1), when(c.t2), c.price_per_hour)
+                for c in clusters
+            ],
+        )
+    )
+
+
+@app.command("show")
+def show(
+    cluster_id: str,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one cluster: its lease, members and history."""
+    with client(coordinator, key) as gp:
+        cluster = gp.cluster(cluster_id)
+    if json_out:
+        print_json(cluster)
+    else:
+        show_cluster(cluster)
+
+
+@app.command("extend")
+def extend(
+    cluster_id: str,
+    hours: Annotated[int, typer.Option(min=1, help="Whole hours to add.")] = 1,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add whole hours to a running cluster's lease."""
+    with client(coordinator, key) as gp:
+        cluster = gp.extend(cluster_id, hours)
+    if json_out:
+        print_json(cluster)
+    else:
+        out.print(f"{cluster.id} now ends at {when(cluster.t2)} ({cluster.hours} h in all)")
+
+
+@app.command("terminate")
+def terminate(
+    cluster_id: str,
+    wait: Annotated[bool, typer.Option(help="Wait until every device is released.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """End a cluster's lease now."""
+    with client(coordinator, key) as gp:
+        cluster = gp.terminate(cluster_id)
+        if wait:
+            cluster = wait_for_state(gp, cluster_id, TERMINAL, timeout, json_out)
+    if json_out:
+        print_json(cluster)
+    else:
+        out.print(f"{cluster.id} is {cluster.state}")

@@ -1,0 +1,178 @@
+"""`gpupool coordinator serve` and `gpupool agent run`: the two long-running programs.
+
+The coordinator and agent packages are imported inside the commands, so that the rest of the
+CLI (and `--help`) never loads SQLAlchemy, uvicorn or NVML.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpupool.cli.common import CliError, KeyOpt, err
+
+coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run the agent on a supplier's machine.", no_args_is_help=True)
+
+DEFAULT_STATE = Path.home() / ".local" / "state" / "gpupool"
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--listen wants HOST:PORT, not {listen!r}", 2)
+    return host.strip("[]"), int(port)
+
+
+@coordinator_app.command("serve")
+def coordinator_serve(
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB. "
+            "Default: SQLite in the state folder."
+        ),
+    ] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve on.")] = "127.0.0.1:8420",
+    state_dir: Annotated[Path, typer.Option(help="State folder (SQLite file, admin key).")] = (
+        DEFAULT_STATE / "coordinator"
+    ),
+    admin_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the admin key; created (mode 0600) if missing. "
+            "Default: STATE_DIR/admin.key."
+        ),
+    ] = None,
+    heartbeat_seconds: Annotated[
+        float,
+        typer.Option(min=0.1, help="Heartbeat interval announced to agents; 3 missed = down."),
+    ] = 10.0,
+    hour_seconds: Annotated[
+        float,
+        typer.Option(min=0.1, hidden=True, help="Length of a billing hour (tests and demo only)."),
+    ] = 3600.0,
+    provision_deadline: Annotated[
+        float, typer.Option(min=1, help="Seconds a lease may take to become ready before it fails.")
+    ] = 300.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the coordinator's /v1 API (migrating the database first)."""
+    _logging(verbose)
+    from gpupool.coordinator.server import serve
+    from gpupool.coordinator.settings import CoordinatorSettings
+    from gpupool.crypto.apikeys import new_api_key
+    from gpupool.crypto.identity import KeyFileError, read_secret, write_secret
+
+    host, port = _host_port(listen)
+    key_file = admin_key_file or state_dir / "admin.key"
+    if not key_file.exists():
+        write_secret(key_file, new_api_key("admin").encode())
+        err.print(f"created the admin key in {key_file} (mode 0600)")
+    try:
+        admin_key = read_secret(key_file).decode().strip()
+    except (KeyFileError, OSError) as exc:
+        raise CliError(str(exc), 2) from exc
+    settings = CoordinatorSettings(
+        db_url=db or f"sqlite:///{state_dir / 'coordinator.db'}",
+        admin_key=admin_key,
+        heartbeat_seconds=heartbeat_seconds,
+        hour_seconds=hour_seconds,
+        provision_deadline_seconds=provision_deadline,
+    )
+    try:
+        serve(settings, host, port)
+    except Exception as exc:  # a bad URL, an unreachable database: say so, briefly
+        if verbose:
+            raise
+        raise CliError(f"the coordinator stopped: {type(exc).__name__}: {exc}") from exc
+
+
+@agent_app.command("run")
+def agent_run(
+    coordinator: Annotated[
+        str,
+        typer.Option("--coordinator", "-c", envvar="GPUPOOL_COORDINATOR", help="Coordinator URL."),
+    ] = ("http://127.0.0.1:8420"),
+    key: KeyOpt = None,
+    state_dir: Annotated[
+        Path, typer.Option(help="Folder for the agent's identity and lease records.")
+    ] = DEFAULT_STATE / "agent",
+    region: Annotated[str, typer.Option(help="Region name this machine is in.")] = "local",
+    latitude: Annotated[float, typer.Option(min=-90, max=90)] = 0.0,
+    longitude: Annotated[float, typer.Option(min=-180, max=180)] = 0.0,
+    datacenter_tier: Annotated[
+        int, typer.Option(min=0, max=4, help="Uptime tier of the site, 0 for none (home, office).")
+    ] = 0,
+    soc2: Annotated[
+        bool,
+        typer.Option(
+            "--soc2-claimed", help="Claim SOC2 compliance (the coordinator's admin verifies it)."
+        ),
+    ] = False,
+    cpu_group_size: Annotated[
+        int, typer.Option(min=1, help="Cores per CPU device (machines without a GPU).")
+    ] = 1,
+    cpus: Annotated[
+        str | None,
+        typer.Option(help="Cores to offer, e.g. 0-3,6 (default: all this process may use)."),
+    ] = None,
+    gpu_price: Annotated[str, typer.Option(help="Price per GPU-hour.")] = "1.00",
+    cpu_price: Annotated[str, typer.Option(help="Price per CPU-device-hour.")] = "0.05",
+    heartbeat_seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="Override the coordinator's heartbeat interval.")
+    ] = None,
+    teardown_on_exit: Annotated[
+        bool,
+        typer.Option(hidden=True, help="End running leases when the agent stops (local network)."),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Register this machine's devices and run the leases the coordinator assigns."""
+    _logging(verbose)
+    if not key:
+        raise CliError("no supplier key: set GPUPOOL_KEY or pass --key", 2)
+    from gpupool.agent.daemon import FatalAgentError
+    from gpupool.agent.main import run_agent
+    from gpupool.agent.settings import AgentSettings
+    from gpupool.agent.state import StateDirBusy
+    from gpupool.crypto.identity import KeyFileError
+    from gpupool.domain.errors import InvalidRequest
+    from gpupool.domain.money import to_micros
+
+    try:
+        to_micros(gpu_price)
+        to_micros(cpu_price)
+    except InvalidRequest as exc:
+        raise CliError(exc.message, 2) from exc
+    settings = AgentSettings(
+        coordinator_url=coordinator,
+        supplier_key=key,
+        state_dir=state_dir,
+        region=region,
+        latitude=latitude,
+        longitude=longitude,
+        datacenter_tier=datacenter_tier,
+        soc2_claimed=soc2,
+        cpu_group_size=cpu_group_size,
+        cpus=cpus,
+        gpu_price=gpu_price,
+        cpu_price=cpu_price,
+        heartbeat_seconds=heartbeat_seconds,
+        teardown_on_exit=teardown_on_exit,
+    )
+    try:
+        run_agent(settings)
+    except (FatalAgentError, KeyFileError, StateDirBusy, ValueError) as exc:
+        raise CliError(str(exc)) from exc

@@ -1,0 +1,65 @@
+"""`gpupool workers list`: the pool (renters, admin) or your own workers (suppliers)."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from gpupool.cli.common import (
+    DEFAULT_COORDINATOR,
+    CoordinatorOpt,
+    JsonOpt,
+    KeyOpt,
+    client,
+    out,
+    print_json,
+    table,
+)
+
+app = typer.Typer(help="Workers (supplier machines) and their devices.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_workers(
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    devices: bool = typer.Option(False, "--devices", help="List every device too."),
+    json_out: JsonOpt = False,
+) -> None:
+    """List workers with their status and devices (also accepts GPUPOOL_ADMIN_KEY)."""
+    with client(coordinator, key or os.environ.get("GPUPOOL_ADMIN_KEY")) as gp:
+        workers = gp.workers()
+    if json_out:
+        print_json(workers)
+        return
+    out.print(
+        table(
+            f"{len(workers)} workers",
+            ["worker", "host", "region", "status", "idle/devices", "kind", "sandbox"],
+            [
+                (
+                    w.id,
+                    w.hostname,
+                    w.region,
+                    w.status,
+                    f"{sum(d.status == 'idle' for d in w.devices)}/{len(w.devices)}",
+                    ",".join(sorted({d.kind.value for d in w.devices})),
+                    w.sandbox,
+                )
+                for w in workers
+            ],
+        )
+    )
+    if devices:
+        out.print(
+            table(
+                "devices",
+                ["device", "kind", "model", "memory MB", "price/h", "status"],
+                [
+                    (d.id, d.kind, d.model, d.memory_mb, d.price_per_hour, d.status)
+                    for w in workers
+                    for d in w.devices
+                ],
+            )
+        )

@@ -1,0 +1,103 @@
+"""`Client`: one method per API call, returning the wire models; errors raise `ApiError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from gpupool.wire import models as w
+
+
+class ApiError(Exception):
+    """The coordinator refused a request (`status` >= 400) or could not be reached (0)."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body or {}
+
+
+class Client:
+    def __init__(self, base_url: str, key: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, json: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=json)
+        except httpx.HTTPError as exc:
+            raise ApiError(
+                0, "unreachable", f"cannot reach the coordinator at {self.base_url}: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": "http_error", "message": response.text[:300]}
+            if not isinstance(body, dict):
+                body = {"error": "http_error", "message": str(body)[:300]}
+            raise ApiError(
+                response.status_code,
+                str(body.get("error", "http_error")),
+                str(body.get("message", response.reason_phrase)),
+                body,
+            )
+        return response.json()
+
+    # meta and accounts -------------------------------------------------------------------
+
+    def health(self) -> dict[str, str]:
+        data: dict[str, str] = self._call("GET", "/v1/health")
+        return data
+
+    def create_account(self, role: str, name: str) -> w.AccountCreated:
+        data = self._call("POST", "/v1/accounts", {"role": role, "name": name})
+        return w.AccountCreated.model_validate(data)
+
+    def me(self) -> w.AccountOut:
+        return w.AccountOut.model_validate(self._call("GET", "/v1/accounts/me"))
+
+    def set_soc2_verified(self, account_id: str, verified: bool) -> w.AccountOut:
+        data = self._call("PUT", f"/v1/accounts/{account_id}/soc2", {"verified": verified})
+        return w.AccountOut.model_validate(data)
+
+    # workers and clusters ---------------------------------------------------------------
+
+    def workers(self) -> list[w.WorkerOut]:
+        return [w.WorkerOut.model_validate(x) for x in self._call("GET", "/v1/workers")]
+
+    def create_cluster(self, **booking: Any) -> w.ClusterOut:
+        """Book a cluster; `booking` holds the fields of `wire.models.BookingIn` (None: unset)."""
+        body = {
+            k: (str(v) if k == "max_price_per_hour" else v)
+            for k, v in booking.items()
+            if v is not None
+        }
+        return w.ClusterOut.model_validate(self._call("POST", "/v1/clusters", body))
+
+    def clusters(self) -> list[w.ClusterOut]:
+        return [w.ClusterOut.model_validate(x) for x in self._call("GET", "/v1/clusters")]
+
+    def cluster(self, cluster_id: str) -> w.ClusterOut:
+        return w.ClusterOut.model_validate(self._call("GET", f"/v1/clusters/{cluster_id}"))
+
+    def extend(self, cluster_id: str, hours: int) -> w.ClusterOut:
+        data = self._call("POST", f"/v1/clusters/{cluster_id}/extend", {"hours": hours})
+        return w.ClusterOut.model_validate(data)
+
+    def terminate(self, cluster_id: str) -> w.ClusterOut:
+        data = self._call("POST", f"/v1/clusters/{cluster_id}/terminate")
+        return w.ClusterOut.model_validate(data)

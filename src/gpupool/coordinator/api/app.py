@@ -1,0 +1,105 @@
+"""Building the FastAPI application: services, routes, errors, limits and the ticker.
+
+The ticker runs every `tick_seconds`: it marks silent workers down, ends leases at T2, fails
+leases that missed the provisioning deadline, settles ending leases and forgets old nonces.
+Every step is idempotent, so several coordinator replicas may tick over one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import gpupool
+from gpupool.coordinator.api import accounts, agents, clusters, errors, workers
+from gpupool.coordinator.api.deps import Services
+from gpupool.coordinator.api.limits import BodyLimit
+from gpupool.coordinator.settings import CoordinatorSettings
+from gpupool.domain.placement import FirstFit, Placement
+from gpupool.services.accounts import Accounts
+from gpupool.services.agent_auth import AgentAuth
+from gpupool.services.market import Market
+from gpupool.services.ports import Clock, Database, SystemClock
+from gpupool.services.registry import Registry
+
+log = logging.getLogger("gpupool.coordinator")
+
+
+def build_services(
+    settings: CoordinatorSettings, db: Database, clock: Clock, placement: Placement | None = None
+) -> Services:
+    return Services(
+        settings=settings,
+        accounts=Accounts(db, clock, settings.admin_key),
+        auth=AgentAuth(db, clock),
+        registry=Registry(db, clock, settings.heartbeat_seconds),
+        market=Market(
+            db,
+            clock,
+            placement or FirstFit(),
+            settings.hour_seconds,
+            settings.provision_deadline_seconds,
+        ),
+    )
+
+
+def tick(svc: Services) -> None:
+    down = svc.registry.mark_stale_down()
+    if down:
+        log.warning("event=workers_down workers=%s", ",".join(down))
+    svc.market.tick()
+    svc.auth.forget_old_nonces()
+
+
+async def _ticker(svc: Services) -> None:
+    while True:
+        try:
+            await run_in_threadpool(tick, svc)
+        except Exception:
+            log.exception("event=tick_failed")
+        await asyncio.sleep(svc.settings.tick_seconds)
+
+
+def create_app(
+    settings: CoordinatorSettings,
+    db: Database,
+    clock: Clock | None = None,
+    run_ticker: bool = True,
+) -> FastAPI:
+    svc = build_services(settings, db, clock or SystemClock())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_ticker(svc)) if run_ticker else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="gpupool coordinator",
+        version=gpupool.__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    errors.install(app)
+    for module in (accounts, agents, clusters, workers):
+        app.include_router(module.router)
+
+    @app.get("/v1/health", tags=["meta"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": gpupool.__version__}
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,56 @@
+"""Renters' clusters: book, list, show, extend, terminate. A renter sees only its own."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from gpupool.coordinator.api import convert
+from gpupool.coordinator.api.deps import RenterDep, ServicesDep
+from gpupool.domain.models import BookingRequest
+from gpupool.domain.money import to_micros
+from gpupool.wire import models as w
+
+router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
+
+
+def booking(body: w.BookingIn) -> BookingRequest:
+    return BookingRequest(
+        devices=body.devices,
+        kind=body.kind,
+        hours=body.hours,
+        max_price_micros_per_hour=to_micros(body.max_price_per_hour),
+        gpu_models=tuple(body.gpu_models),
+        min_memory_mb=body.min_memory_mb,
+        regions=tuple(body.regions),
+        security_tier=body.security_tier,
+        min_datacenter_tier=body.min_datacenter_tier,
+    )
+
+
+@router.post("", status_code=201)
+async def book(body: w.BookingIn, renter: RenterDep, svc: ServicesDep) -> w.ClusterOut:
+    return convert.cluster(await run_in_threadpool(svc.market.book, renter, booking(body)))
+
+
+@router.get("")
+async def list_clusters(renter: RenterDep, svc: ServicesDep) -> list[w.ClusterOut]:
+    return [convert.cluster(v) for v in await run_in_threadpool(svc.market.clusters, renter)]
+
+
+@router.get("/{cluster_id}")
+async def show(cluster_id: str, renter: RenterDep, svc: ServicesDep) -> w.ClusterOut:
+    return convert.cluster(await run_in_threadpool(svc.market.get, renter, cluster_id))
+
+
+@router.post("/{cluster_id}/extend")
+async def extend(
+    cluster_id: str, body: w.ExtendIn, renter: RenterDep, svc: ServicesDep
+) -> w.ClusterOut:
+    view = await run_in_threadpool(svc.market.extend, renter, cluster_id, body.hours)
+    return convert.cluster(view)
+
+
+@router.post("/{cluster_id}/terminate")
+async def terminate(cluster_id: str, renter: RenterDep, svc: ServicesDep) -> w.ClusterOut:
+    return convert.cluster(await run_in_threadpool(svc.market.terminate, renter, cluster_id))

@@ -1,0 +1,92 @@
+"""What every route needs: the services, and who is calling (account, admin or worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from gpupool.coordinator.settings import CoordinatorSettings
+from gpupool.crypto import requests as signed
+from gpupool.domain.models import Account, Role
+from gpupool.services.accounts import Accounts
+from gpupool.services.agent_auth import AgentAuth, SignedRequest
+from gpupool.services.market import Market
+from gpupool.services.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: CoordinatorSettings
+    accounts: Accounts
+    auth: AgentAuth
+    registry: Registry
+    market: Market
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def account(request: Request, svc: ServicesDep) -> Account:
+    return await run_in_threadpool(svc.accounts.authenticate, bearer(request))
+
+
+async def renter(request: Request, svc: ServicesDep) -> Account:
+    return await run_in_threadpool(svc.accounts.authenticate, bearer(request), Role.RENTER)
+
+
+async def supplier(request: Request, svc: ServicesDep) -> Account:
+    return await run_in_threadpool(svc.accounts.authenticate, bearer(request), Role.SUPPLIER)
+
+
+async def admin(request: Request, svc: ServicesDep) -> None:
+    svc.accounts.check_admin(bearer(request))
+
+
+async def account_or_admin(request: Request, svc: ServicesDep) -> Account | None:
+    """None for the admin key, else the key's account."""
+    key = bearer(request)
+    if key is not None and svc.accounts.is_admin(key):
+        return None
+    return await run_in_threadpool(svc.accounts.authenticate, key)
+
+
+async def signed_request(request: Request) -> SignedRequest:
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    h = request.headers
+    return SignedRequest(
+        method=request.method,
+        path=path,
+        body=await request.body(),
+        worker_id=h.get(signed.WORKER_HEADER),
+        timestamp=h.get(signed.TIMESTAMP_HEADER),
+        nonce=h.get(signed.NONCE_HEADER),
+        signature=h.get(signed.SIGNATURE_HEADER),
+    )
+
+
+async def worker(svc: ServicesDep, req: Annotated[SignedRequest, Depends(signed_request)]) -> str:
+    """The id of the registered worker that signed this request."""
+    return await run_in_threadpool(svc.auth.verify, req)
+
+
+RenterDep = Annotated[Account, Depends(renter)]
+SupplierDep = Annotated[Account, Depends(supplier)]
+AccountDep = Annotated[Account, Depends(account)]
+ViewerDep = Annotated[Account | None, Depends(account_or_admin)]
+WorkerDep = Annotated[str, Depends(worker)]
+SignedDep = Annotated[SignedRequest, Depends(signed_request)]
+AdminDep = Depends(admin)

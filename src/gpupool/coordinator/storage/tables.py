@@ -1,0 +1,127 @@
+"""Table definitions: the current schema. Migrations under `migrations/versions` build it."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("soc2_verified", sa.Boolean, nullable=False, default=False),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("supplier_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("public_key", sa.String(64), nullable=False),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("latitude", sa.Double, nullable=False),
+    sa.Column("longitude", sa.Double, nullable=False),
+    sa.Column("datacenter_tier", sa.Integer, nullable=False),
+    sa.Column("soc2_claimed", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_heartbeat", sa.Double, nullable=False),
+    sa.Column("registered_at", sa.Double, nullable=False),
+    sa.Column("agent_version", sa.String(32), nullable=False),
+    sa.Column("sandbox", sa.String(64), nullable=False),
+    sa.Column("lease_version", sa.BigInteger, nullable=False, default=0),
+    sa.Index("ix_workers_supplier", "supplier_id"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(96), primary_key=True),
+    sa.Column("worker_id", sa.String(32), sa.ForeignKey("workers.id"), nullable=False),
+    sa.Column("local_name", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("memory_mb", sa.BigInteger, nullable=False),
+    sa.Column("price_micros", sa.BigInteger, nullable=False),
+    sa.Column("uuid", sa.String(96)),
+    sa.Column("cores", sa.String(1024), nullable=False),
+    sa.Column("driver_version", sa.String(64)),
+    sa.Column("cuda_version", sa.String(32)),
+    sa.Column("pci_bus_id", sa.String(64)),
+    sa.Column("present", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("lease_id", sa.String(32)),
+    sa.Index("ix_devices_worker", "worker_id"),
+    sa.Index("ix_devices_status", "status"),
+)
+
+clusters = sa.Table(
+    "clusters",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("renter_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_clusters_renter", "renter_id"),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "cluster_id", sa.String(32), sa.ForeignKey("clusters.id"), nullable=False, unique=True
+    ),
+    sa.Column("renter_id", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("t1", sa.Double, nullable=False),
+    sa.Column("t2", sa.Double, nullable=False),
+    sa.Column("hours", sa.Integer, nullable=False),
+    sa.Column("head_device_id", sa.String(96), nullable=False),
+    sa.Column("price_micros", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Index("ix_leases_state", "state"),
+)
+
+lease_members = sa.Table(
+    "lease_members",
+    metadata,
+    sa.Column("lease_id", sa.String(32), sa.ForeignKey("leases.id"), primary_key=True),
+    sa.Column("device_id", sa.String(96), primary_key=True),
+    sa.Column("worker_id", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Index("ix_lease_members_worker", "worker_id"),
+)
+
+lease_events = sa.Table(
+    "lease_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("lease_id", sa.String(32), sa.ForeignKey("leases.id"), nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Index("ix_lease_events_lease", "lease_id"),
+)
+
+nonces = sa.Table(
+    "nonces",
+    metadata,
+    sa.Column("worker_id", sa.String(32), primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Index("ix_nonces_at", "at"),
+)

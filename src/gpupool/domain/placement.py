@@ -1,0 +1,84 @@
+"""Placement: which devices a booking gets.
+
+Hard constraints come first and are the same for every strategy; a strategy then picks N of
+the matching devices and names the Ray head. `FirstFit` (cheapest first) is the placement of
+the foundation; latency-aware grouping replaces it behind the same `Placement` interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gpupool.domain.models import BookingRequest, Device, DeviceKind, Shortfall
+
+Check = Callable[[Device], bool]
+
+
+def hard_constraints(request: BookingRequest) -> list[tuple[str, Check]]:
+    """The booking's constraints, named, in the order a shortfall report counts them."""
+    models = {m.casefold() for m in request.gpu_models}
+    regions = {r.casefold() for r in request.regions}
+    checks: list[tuple[str, Check]] = [
+        ("availability", lambda d: d.available),
+        ("kind", lambda d: d.spec.kind is request.kind),
+    ]
+    if models and request.kind is DeviceKind.GPU:
+        checks.append(("gpu_model", lambda d: d.spec.model.casefold() in models))
+    if request.min_memory_mb:
+        checks.append(("memory", lambda d: d.spec.memory_mb >= request.min_memory_mb))
+    if regions:
+        checks.append(("region", lambda d: d.location.region.casefold() in regions))
+    checks.append(("security_tier", lambda d: d.attributes.meets(request.security_tier)))
+    if request.min_datacenter_tier:
+        checks.append(
+            (
+                "datacenter_tier",
+                lambda d: d.attributes.datacenter_tier >= request.min_datacenter_tier,
+            )
+        )
+    checks.append(
+        ("price", lambda d: d.spec.price_micros_per_hour <= request.max_price_micros_per_hour)
+    )
+    return checks
+
+
+def filter_devices(
+    request: BookingRequest, devices: Sequence[Device]
+) -> tuple[list[Device], dict[str, int]]:
+    """Devices meeting every hard constraint, and per constraint how many it ruled out first."""
+    checks = hard_constraints(request)
+    excluded = {name: 0 for name, _ in checks}
+    matching = []
+    for device in devices:
+        failed = next((name for name, check in checks if not check(device)), None)
+        if failed is None:
+            matching.append(device)
+        else:
+            excluded[failed] += 1
+    return matching, excluded
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    devices: tuple[Device, ...]
+    head: Device
+
+
+class Placement(Protocol):
+    def place(self, request: BookingRequest, candidates: Sequence[Device]) -> Placed | Shortfall:
+        """Choose `request.devices` of `candidates`, or say why that is impossible."""
+        ...
+
+
+class FirstFit:
+    """The cheapest matching devices, ties broken by device id; the first is the head."""
+
+    def place(self, request: BookingRequest, candidates: Sequence[Device]) -> Placed | Shortfall:
+        matching, excluded = filter_devices(request, candidates)
+        if len(matching) < request.devices:
+            return Shortfall(request.devices, len(matching), excluded)
+        chosen = sorted(matching, key=lambda d: (d.spec.price_micros_per_hour, d.id))
+        chosen = chosen[: request.devices]
+        return Placed(tuple(chosen), chosen[0])

@@ -1,0 +1,234 @@
+"""`LocalNetwork`: start a coordinator (SQLite in a state folder) and N agents as separate
+processes, each in its own session, logging to files; stop them all, also on Ctrl-C.
+
+Agents get their supplier key through the environment (never on the command line, where any
+user could read it in the process list) and tear their leases down when stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
+
+from gpupool.client import ApiError, Client
+from gpupool.crypto.apikeys import new_api_key
+from gpupool.crypto.identity import write_secret
+
+T = TypeVar("T")
+
+# Where the demo's agents say they are (real places, so later placement has geography).
+SITES = [
+    ("eu-central", 50.11, 8.68),  # Frankfurt
+    ("eu-west", 52.37, 4.90),  # Amsterdam
+    ("us-east", 39.04, -77.49),  # Ashburn
+    ("us-west", 37.34, -121.89),  # San Jose
+    ("ap-southeast", 1.35, 103.82),  # Singapore
+]
+
+
+class NetworkError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 0.2) -> T:
+    """Poll `check` until it returns something other than None; NetworkError on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except ApiError as exc:
+            last_error, value = exc, None
+        if value is not None:
+            return value
+        time.sleep(every)
+    raise NetworkError(
+        f"timed out after {timeout:.0f} s waiting for {what}"
+        + (f" (last error: {last_error})" if last_error else "")
+    )
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+@dataclass
+class LocalNetwork:
+    state_dir: Path
+    agents: int = 3
+    hour_seconds: float = 3600.0
+    heartbeat_seconds: float = 10.0
+    cpu_group_size: int = 1
+    db_url: str | None = None
+    python: str = sys.executable
+    admin_key: str = field(default_factory=lambda: new_api_key("admin"), repr=False)
+    port: int = 0
+    supplier_keys: list[str] = field(default_factory=list, repr=False)
+    _coordinator: Proc | None = None
+    _agents: dict[int, Proc] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def admin(self) -> Client:
+        return Client(self.url, self.admin_key)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        popen = subprocess.Popen(
+            [self.python, "-m", "gpupool", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        return Proc(name, popen, log)
+
+    # start ------------------------------------------------------------------------------
+
+    def start(self, on_step: Callable[[str], None] = lambda _: None) -> LocalNetwork:
+        try:
+            self._start(on_step)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, on_step: Callable[[str], None]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        key_file = self.state_dir / "admin.key"
+        write_secret(key_file, self.admin_key.encode())
+        db_url = self.db_url or f"sqlite:///{self.state_dir / 'coordinator.db'}"
+        self._coordinator = self._spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "serve",
+                "--db",
+                db_url,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--admin-key-file",
+                str(key_file),
+                "--hour-seconds",
+                str(self.hour_seconds),
+                "--heartbeat-seconds",
+                str(self.heartbeat_seconds),
+            ],
+        )
+        on_step(f"coordinator starting on {self.url} (SQLite in {self.state_dir})")
+        with self.admin() as admin:
+            wait_for("the coordinator to answer", lambda: self._alive_check(admin), 60)
+            for i in range(self.agents):
+                created = admin.create_account("supplier", f"supplier-{i + 1}")
+                self.supplier_keys.append(created.api_key)
+        for i in range(self.agents):
+            self.start_agent(i)
+        on_step(f"{self.agents} agents starting (CPU devices: this machine has no GPU)")
+        self.wait_workers_up(self.agents)
+
+    def _alive_check(self, admin: Client) -> bool | None:
+        assert self._coordinator is not None
+        if self._coordinator.popen.poll() is not None:
+            raise NetworkError(f"the coordinator exited; see {self.log_dir / 'coordinator.log'}")
+        return True if admin.health() else None
+
+    def agent_dir(self, index: int) -> Path:
+        return self.state_dir / f"agent-{index + 1}"
+
+    def start_agent(self, index: int, extra: list[str] | None = None) -> None:
+        region, lat, lon = SITES[index % len(SITES)]
+        self._agents[index] = self._spawn(
+            f"agent-{index + 1}",
+            [
+                "agent",
+                "run",
+                "--coordinator",
+                self.url,
+                "--state-dir",
+                str(self.agent_dir(index)),
+                "--region",
+                region,
+                "--latitude",
+                str(lat),
+                "--longitude",
+                str(lon),
+                "--cpu-group-size",
+                str(self.cpu_group_size),
+                "--teardown-on-exit",
+                *(extra or []),
+            ],
+            env={"GPUPOOL_KEY": self.supplier_keys[index]},
+        )
+
+    def wait_workers_up(self, count: int, timeout: float = 60) -> None:
+        def enough() -> bool | None:
+            for proc in self._agents.values():
+                if proc.popen.poll() is not None:
+                    raise NetworkError(f"{proc.name} exited; see {self.log_dir}/{proc.name}.log")
+            with self.admin() as admin:
+                up = [x for x in admin.workers() if x.status == "up"]
+            return True if len(up) >= count else None
+
+        wait_for(f"{count} workers to be up", enough, timeout)
+
+    # stop -------------------------------------------------------------------------------
+
+    def stop_agent(self, index: int, sig: int = signal.SIGTERM) -> None:
+        proc = self._agents.pop(index, None)
+        if proc is not None:
+            _stop(proc, sig)
+
+    def stop(self) -> None:
+        """Stop every process this network started: agents first, so they can end their
+        leases, then the coordinator. Safe to call twice."""
+        for index in list(self._agents):
+            self.stop_agent(index)
+        if self._coordinator is not None:
+            _stop(self._coordinator, signal.SIGTERM)
+            self._coordinator = None
+
+    def __enter__(self) -> LocalNetwork:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _stop(proc: Proc, sig: int, grace: float = 15.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.popen.send_signal(sig)
+    try:
+        proc.popen.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait()
+    proc.log.close()

@@ -1,0 +1,280 @@
+"""The market: booking clusters, and every change in a lease's life.
+
+Commands (book, extend, terminate) come from renters; member reports come from agents; the
+coordinator's ticker calls `tick` to end leases at T2, fail leases that never became ready,
+and settle leases that are ending. Each runs in one transaction and leaves the affected
+workers' lease version bumped, which wakes their agents' long polls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from gpupool.domain import leases as rules
+from gpupool.domain.errors import Conflict, Forbidden, InsufficientCapacity, NotFound
+from gpupool.domain.leases import (
+    ACTIVE_STATES,
+    Lease,
+    LeaseMember,
+    LeaseState,
+    Member,
+    MemberState,
+)
+from gpupool.domain.models import (
+    Account,
+    BookingRequest,
+    Cluster,
+    Role,
+    Shortfall,
+    WorkerStatus,
+)
+from gpupool.domain.placement import Placement
+from gpupool.services.ids import new_id
+from gpupool.services.ports import Clock, Database, Transaction
+
+BOOKING_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    cluster: Cluster
+    lease: Lease
+    members: tuple[LeaseMember, ...]
+    events: tuple[tuple[float, LeaseState, str], ...]
+
+
+class _LostRace(Exception):
+    """Another booking claimed one of the chosen devices first."""
+
+
+class Market:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        placement: Placement,
+        hour_seconds: float = 3600.0,
+        provision_deadline: float = 300.0,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._placement = placement
+        self.hour_seconds = hour_seconds
+        self.provision_deadline = provision_deadline
+
+    # renters' commands -------------------------------------------------------------
+
+    def book(self, renter: Account, request: BookingRequest) -> ClusterView:
+        _require_renter(renter)
+        for _ in range(BOOKING_ATTEMPTS):
+            try:
+                return self._try_book(renter, request)
+            except _LostRace:
+                continue
+        raise Conflict("the matching devices were taken by concurrent bookings; try again")
+
+    def _try_book(self, renter: Account, request: BookingRequest) -> ClusterView:
+        now = self._clock.now()
+        with self._db.transaction() as tx:
+            placed = self._placement.place(request, tx.workers.devices())
+            if isinstance(placed, Shortfall):
+                raise InsufficientCapacity(
+                    "too few devices match this booking: " + placed.describe(),
+                    requested=placed.requested,
+                    matching=placed.matching,
+                    excluded_by={k: v for k, v in placed.excluded_by.items() if v},
+                )
+            suffix = new_id("x")[2:]
+            cluster = Cluster("c-" + suffix, renter.id, request, now)
+            lease = Lease(
+                id="l-" + suffix,
+                cluster_id=cluster.id,
+                renter_id=renter.id,
+                state=LeaseState.PENDING,
+                t1=now,
+                t2=now + request.hours * self.hour_seconds,
+                hours=request.hours,
+                head_device_id=placed.head.id,
+                price_micros_per_hour=sum(d.spec.price_micros_per_hour for d in placed.devices),
+                reason="",
+                updated_at=now,
+            )
+            members = [
+                LeaseMember(lease.id, d.id, d.worker_id, MemberState.ASSIGNED, "", now)
+                for d in placed.devices
+            ]
+            tx.leases.add(cluster, lease, members)
+            if not tx.leases.claim_devices(lease.id, [d.id for d in placed.devices]):
+                raise _LostRace
+            tx.leases.add_event(lease.id, now, LeaseState.PENDING, "booked")
+            tx.workers.bump_lease_version(sorted({d.worker_id for d in placed.devices}))
+            return _view(tx, cluster)
+
+    def get(self, renter: Account, cluster_id: str) -> ClusterView:
+        with self._db.transaction() as tx:
+            return _view(tx, _own_cluster(tx, renter, cluster_id))
+
+    def clusters(self, renter: Account) -> list[ClusterView]:
+        _require_renter(renter)
+        with self._db.transaction() as tx:
+            return [_view(tx, c) for c in tx.leases.clusters(renter.id)]
+
+    def extend(self, renter: Account, cluster_id: str, hours: int) -> ClusterView:
+        with self._db.transaction() as tx:
+            cluster = _own_cluster(tx, renter, cluster_id)
+            lease = _locked_lease(tx, cluster.id)
+            t2 = rules.extend(lease.state, lease.t2, hours, self.hour_seconds)
+            now = self._clock.now()
+            tx.leases.save_lease(replace(lease, t2=t2, hours=lease.hours + hours, updated_at=now))
+            tx.leases.add_event(lease.id, now, lease.state, f"extended by {hours} h")
+            tx.workers.bump_lease_version(_worker_ids(tx, lease.id))
+            return _view(tx, cluster)
+
+    def terminate(self, renter: Account, cluster_id: str) -> ClusterView:
+        with self._db.transaction() as tx:
+            cluster = _own_cluster(tx, renter, cluster_id)
+            lease = _locked_lease(tx, cluster.id)
+            self._move(tx, lease, rules.terminate(lease.state), "terminated by the renter")
+            return _view(tx, cluster)
+
+    # agents' reports ---------------------------------------------------------------
+
+    def report(
+        self, worker_id: str, lease_id: str, device_id: str, state: MemberState, reason: str
+    ) -> LeaseState:
+        """An agent says how its part of a lease stands; returns the lease's state after."""
+        with self._db.transaction() as tx:
+            lease = tx.leases.lease_for_update(lease_id)
+            member = (
+                next((m for m in tx.leases.members(lease_id) if m.device_id == device_id), None)
+                if lease
+                else None
+            )
+            if lease is None or member is None or member.worker_id != worker_id:
+                raise NotFound(f"no lease {lease_id} on device {device_id} of this worker")
+            if state in (MemberState.PROVISIONING, MemberState.READY) and (
+                lease.state not in ACTIVE_STATES
+            ):
+                raise Conflict(f"lease {lease_id} is {lease.state}; tear it down")
+            rules.check_member_move(member.state, state)
+            now = self._clock.now()
+            tx.leases.set_member(lease_id, device_id, state, reason, now)
+            if state is MemberState.RELEASED:
+                tx.leases.release_device(device_id, lease_id)
+            self._settle(tx, lease, reason if state is MemberState.FAILED else "")
+            settled = tx.leases.lease(lease_id)
+            assert settled is not None
+            return settled.state
+
+    # the ticker ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """End leases at T2, fail leases past the provisioning deadline, settle ending ones."""
+        now = self._clock.now()
+        with self._db.transaction() as tx:
+            candidates = tx.leases.leases_in(ACTIVE_STATES | {LeaseState.ENDING})
+        for candidate in candidates:
+            with self._db.transaction() as tx:
+                lease = tx.leases.lease_for_update(candidate.id)
+                if lease is None:
+                    continue
+                if rules.is_due_to_end(lease.state, lease.t2, now):
+                    self._move(tx, lease, LeaseState.ENDING, "T2 reached")
+                elif rules.missed_provisioning_deadline(
+                    lease.state, lease.t1, now, self.provision_deadline
+                ):
+                    waiting = [
+                        m.device_id
+                        for m in tx.leases.members(lease.id)
+                        if m.state is not MemberState.READY
+                    ]
+                    self._move(
+                        tx,
+                        lease,
+                        LeaseState.FAILED,
+                        "not ready within the provisioning deadline: " + ", ".join(waiting),
+                    )
+                else:
+                    self._settle(tx, lease, "")
+
+    # internals ------------------------------------------------------------------------
+
+    def _move(self, tx: Transaction, lease: Lease, state: LeaseState, note: str) -> None:
+        """Apply a command's state change, release members that never started, and settle."""
+        now = self._clock.now()
+        reason = note if state is LeaseState.FAILED else lease.reason
+        lease = replace(lease, state=state, reason=reason, updated_at=now)
+        tx.leases.save_lease(lease)
+        tx.leases.add_event(lease.id, now, state, note)
+        for m in tx.leases.members(lease.id):
+            if m.state is MemberState.ASSIGNED:
+                tx.leases.set_member(
+                    lease.id, m.device_id, MemberState.RELEASED, "never started", now
+                )
+                tx.leases.release_device(m.device_id, lease.id)
+        tx.workers.bump_lease_version(_worker_ids(tx, lease.id))
+        self._settle(tx, lease, "")
+
+    def _settle(self, tx: Transaction, lease: Lease, failure: str) -> None:
+        """Move the lease to the state its members' reports imply."""
+        members = tx.leases.members(lease.id)
+        up = {w: _worker_up(tx, w) for w in {m.worker_id for m in members}}
+        state = rules.state_after_reports(
+            lease.state, [Member(m.state, up[m.worker_id]) for m in members]
+        )
+        if state is lease.state:
+            return
+        note = failure or _SETTLED_NOTES.get(state, "")
+        if state is LeaseState.FAILED:
+            self._move(tx, lease, state, note)
+            return
+        now = self._clock.now()
+        tx.leases.save_lease(replace(lease, state=state, updated_at=now))
+        tx.leases.add_event(lease.id, now, state, note)
+        if state is LeaseState.ENDED:
+            for m in members:
+                tx.leases.release_device(m.device_id, lease.id)
+        tx.workers.bump_lease_version(sorted(up))
+
+
+_SETTLED_NOTES = {
+    LeaseState.ENDED: "every member released its device",
+    LeaseState.READY: "every member is ready",
+    LeaseState.PROVISIONING: "members are setting up",
+    LeaseState.FAILED: "a member failed",
+}
+
+
+def _worker_up(tx: Transaction, worker_id: str) -> bool:
+    worker = tx.workers.get(worker_id)
+    return worker is not None and worker.status is WorkerStatus.UP
+
+
+def _require_renter(account: Account) -> None:
+    if account.role is not Role.RENTER:
+        raise Forbidden("only a renter account can book and manage clusters")
+
+
+def _own_cluster(tx: Transaction, renter: Account, cluster_id: str) -> Cluster:
+    _require_renter(renter)
+    cluster = tx.leases.cluster(cluster_id)
+    if cluster is None or cluster.renter_id != renter.id:
+        raise NotFound(f"no cluster {cluster_id}")
+    return cluster
+
+
+def _locked_lease(tx: Transaction, cluster_id: str) -> Lease:
+    lease = tx.leases.lease_for_update(tx.leases.lease_of_cluster(cluster_id).id)
+    assert lease is not None
+    return lease
+
+
+def _worker_ids(tx: Transaction, lease_id: str) -> list[str]:
+    return sorted({m.worker_id for m in tx.leases.members(lease_id)})
+
+
+def _view(tx: Transaction, cluster: Cluster) -> ClusterView:
+    lease = tx.leases.lease_of_cluster(cluster.id)
+    return ClusterView(
+        cluster, lease, tuple(tx.leases.members(lease.id)), tuple(tx.leases.events(lease.id))
+    )

@@ -1,0 +1,122 @@
+"""The interfaces services need from the outside world, and the real clock.
+
+A service opens one transaction per use case with `Database.transaction()`; everything it
+reads and writes goes through the repositories of that transaction and is committed when the
+block ends without an exception (so an acknowledged write is a committed write). The
+coordinator's storage adapter implements these over SQLAlchemy; tests use the same adapter on
+SQLite, and `gpupool.testing.ManualClock` for time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
+from gpupool.domain.models import (
+    Account,
+    Cluster,
+    Device,
+    DeviceSpec,
+    Worker,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class AccountRepo(Protocol):
+    def add(self, account: Account, key_hash: str) -> None: ...
+    def by_key_hash(self, key_hash: str) -> Account | None: ...
+    def get(self, account_id: str) -> Account | None: ...
+    def set_soc2_verified(self, account_id: str, verified: bool) -> None: ...
+
+
+class WorkerRepo(Protocol):
+    def get(self, worker_id: str) -> Worker | None: ...
+    def save(self, worker: Worker) -> None:
+        """Insert the worker or replace its registration facts."""
+        ...
+
+    def set_devices(self, worker_id: str, specs: Sequence[DeviceSpec]) -> None:
+        """Make the worker's devices these: add new ones (idle), update known ones, and mark
+        the ones it no longer reports `down`."""
+        ...
+
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        """Record a heartbeat; a worker that was down is up again, and its devices that were
+        down because of that are idle again."""
+        ...
+
+    def mark_down_before(self, cutoff: float) -> list[str]:
+        """Workers whose last heartbeat is older than `cutoff` go down with their idle
+        devices; returns their ids."""
+        ...
+
+    def list_all(self, supplier_id: str | None = None) -> list[Worker]: ...
+    def devices(self, worker_id: str | None = None) -> list[Device]: ...
+    def bump_lease_version(self, worker_ids: Sequence[str]) -> None: ...
+    def lease_version(self, worker_id: str) -> int: ...
+
+
+class LeaseRepo(Protocol):
+    def add(self, cluster: Cluster, lease: Lease, members: Sequence[LeaseMember]) -> None: ...
+    def claim_devices(self, lease_id: str, device_ids: Sequence[str]) -> bool:
+        """Mark the devices leased to `lease_id` if every one is still idle; else change
+        nothing and return False (another booking won the race)."""
+        ...
+
+    def release_device(self, device_id: str, lease_id: str) -> None:
+        """Return a device that `lease_id` held to the pool (idle, or down if its worker is)."""
+        ...
+
+    def cluster(self, cluster_id: str) -> Cluster | None: ...
+    def clusters(self, renter_id: str) -> list[Cluster]: ...
+    def lease(self, lease_id: str) -> Lease | None: ...
+    def lease_for_update(self, lease_id: str) -> Lease | None:
+        """The lease, locked against concurrent changes until the transaction ends."""
+        ...
+
+    def lease_of_cluster(self, cluster_id: str) -> Lease: ...
+    def members(self, lease_id: str) -> list[LeaseMember]: ...
+    def save_lease(self, lease: Lease) -> None: ...
+    def set_member(
+        self, lease_id: str, device_id: str, state: MemberState, reason: str, now: float
+    ) -> None: ...
+    def leases_of_worker(self, worker_id: str, states: frozenset[LeaseState]) -> list[Lease]: ...
+    def leases_in(self, states: frozenset[LeaseState]) -> list[Lease]: ...
+    def add_event(self, lease_id: str, at: float, state: LeaseState, note: str) -> None: ...
+    def events(self, lease_id: str) -> list[tuple[float, LeaseState, str]]: ...
+
+
+class NonceRepo(Protocol):
+    def remember(self, worker_id: str, nonce: str, at: float) -> bool:
+        """Store the pair; False if it was already stored (a replay)."""
+        ...
+
+    def forget_before(self, cutoff: float) -> int: ...
+
+
+class Transaction(Protocol):
+    @property
+    def accounts(self) -> AccountRepo: ...
+    @property
+    def workers(self) -> WorkerRepo: ...
+    @property
+    def leases(self) -> LeaseRepo: ...
+    @property
+    def nonces(self) -> NonceRepo: ...
+
+
+class Database(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]: ...

@@ -1,0 +1,119 @@
+"""The worker registry: agents register their machine and devices, send heartbeats, and learn
+which leases they should be running; workers that stop sending heartbeats go down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpupool.domain.errors import Forbidden, InvalidRequest
+from gpupool.domain.leases import ACTIVE_STATES, Lease, LeaseMember
+from gpupool.domain.liveness import MISSED_HEARTBEATS_FOR_DOWN
+from gpupool.domain.models import (
+    Account,
+    Device,
+    DeviceSpec,
+    Location,
+    Role,
+    SupplierAttributes,
+    Worker,
+    WorkerStatus,
+)
+from gpupool.services.ports import Clock, Database
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    worker_id: str
+    public_key: str
+    hostname: str
+    location: Location
+    datacenter_tier: int
+    soc2_claimed: bool
+    devices: tuple[DeviceSpec, ...]
+    agent_version: str
+    sandbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A lease an agent should be running, with the members on this worker."""
+
+    lease: Lease
+    members: tuple[LeaseMember, ...]
+    local_device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    worker: Worker
+    devices: tuple[Device, ...]
+
+
+class Registry:
+    def __init__(self, db: Database, clock: Clock, heartbeat_seconds: float) -> None:
+        self._db = db
+        self._clock = clock
+        self.heartbeat_seconds = heartbeat_seconds
+
+    def register(self, supplier: Account, reg: Registration) -> WorkerView:
+        if supplier.role is not Role.SUPPLIER:
+            raise Forbidden("only a supplier account can register workers")
+        names = [d.local_name for d in reg.devices]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("device names must be unique within a worker")
+        now = self._clock.now()
+        with self._db.transaction() as tx:
+            known = tx.workers.get(reg.worker_id)
+            if known is not None and known.supplier_id != supplier.id:
+                raise Forbidden(f"worker {reg.worker_id} belongs to another supplier")
+            worker = Worker(
+                id=reg.worker_id,
+                supplier_id=supplier.id,
+                public_key=reg.public_key,
+                hostname=reg.hostname,
+                location=reg.location,
+                attributes=SupplierAttributes(
+                    reg.datacenter_tier, reg.soc2_claimed, supplier.soc2_verified
+                ),
+                status=WorkerStatus.UP,
+                last_heartbeat=now,
+                registered_at=known.registered_at if known else now,
+                agent_version=reg.agent_version,
+                sandbox=reg.sandbox,
+            )
+            tx.workers.save(worker)
+            tx.workers.set_devices(reg.worker_id, reg.devices)
+            tx.workers.heartbeat(reg.worker_id, now)
+            return WorkerView(worker, tuple(tx.workers.devices(reg.worker_id)))
+
+    def heartbeat(self, worker_id: str) -> tuple[int, list[Assignment]]:
+        with self._db.transaction() as tx:
+            tx.workers.heartbeat(worker_id, self._clock.now())
+        return self.assignments(worker_id)
+
+    def assignments(self, worker_id: str) -> tuple[int, list[Assignment]]:
+        """The worker's lease version and the leases it should be running now."""
+        with self._db.transaction() as tx:
+            version = tx.workers.lease_version(worker_id)
+            out = []
+            for lease in tx.leases.leases_of_worker(worker_id, ACTIVE_STATES):
+                members = tuple(tx.leases.members(lease.id))
+                local = tuple(m.device_id for m in members if m.worker_id == worker_id)
+                out.append(Assignment(lease, members, local))
+        return version, out
+
+    def lease_version(self, worker_id: str) -> int:
+        with self._db.transaction() as tx:
+            return tx.workers.lease_version(worker_id)
+
+    def mark_stale_down(self) -> list[str]:
+        cutoff = self._clock.now() - self.heartbeat_seconds * MISSED_HEARTBEATS_FOR_DOWN
+        with self._db.transaction() as tx:
+            return tx.workers.mark_down_before(cutoff)
+
+    def workers(self, viewer: Account | None) -> list[WorkerView]:
+        """Suppliers see their own workers; renters and the admin (None) see the pool."""
+        supplier = viewer.id if viewer and viewer.role is Role.SUPPLIER else None
+        with self._db.transaction() as tx:
+            workers = tx.workers.list_all(supplier)
+            return [WorkerView(w, tuple(tx.workers.devices(w.id))) for w in workers]

@@ -1,0 +1,203 @@
+"""Request and response bodies of the `/v1` API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from gpupool.domain.leases import LeaseState, MemberState
+from gpupool.domain.models import DeviceKind, DeviceStatus, Role, SecurityTier, WorkerStatus
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Text = Annotated[str, StringConstraints(max_length=2000)]
+Count = Annotated[int, Field(strict=True, ge=1, le=4096)]
+Hours = Annotated[int, Field(strict=True, ge=1, le=8760)]
+Tier = Annotated[int, Field(strict=True, ge=0, le=4)]
+Price = Annotated[Decimal, Field(ge=0, le=1_000_000, max_digits=16, decimal_places=6)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorBody(Response):
+    error: str
+    message: str
+
+
+# accounts ------------------------------------------------------------------------------
+
+
+class AccountCreate(Request):
+    role: Role
+    name: Name
+
+
+class AccountOut(Response):
+    id: str
+    role: Role
+    name: str
+    soc2_verified: bool
+    created_at: datetime
+
+
+class AccountCreated(AccountOut):
+    api_key: str = Field(description="Shown once; the coordinator keeps only its hash.")
+
+
+class Soc2Update(Request):
+    verified: bool = Field(strict=True)
+
+
+# workers and devices --------------------------------------------------------------------
+
+
+class LocationIn(Request):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    region: Name
+
+
+class DeviceSpecIn(Request):
+    local_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    kind: DeviceKind
+    model: Name
+    memory_mb: int = Field(strict=True, ge=0, le=1 << 40)
+    price_per_hour: Price
+    uuid: Name | None = None
+    cores: list[Annotated[int, Field(strict=True, ge=0, le=65535)]] = Field(
+        default_factory=list, max_length=4096
+    )
+    driver_version: Name | None = None
+    cuda_version: Name | None = None
+    pci_bus_id: Name | None = None
+
+
+class WorkerRegister(Request):
+    public_key: Annotated[str, StringConstraints(min_length=40, max_length=64)]
+    hostname: Name
+    location: LocationIn
+    datacenter_tier: Tier = 0
+    soc2_claimed: bool = Field(default=False, strict=True)
+    devices: list[DeviceSpecIn] = Field(min_length=1, max_length=256)
+    agent_version: Name
+    sandbox: Name = Field(description="How the agent isolates leases, e.g. 'cgroup2'.")
+
+
+class DeviceOut(Response):
+    id: str
+    worker_id: str
+    local_name: str
+    kind: DeviceKind
+    model: str
+    memory_mb: int
+    price_per_hour: str
+    status: DeviceStatus
+    uuid: str | None
+    cores: list[int]
+    driver_version: str | None
+    cuda_version: str | None
+
+
+class WorkerOut(Response):
+    id: str
+    supplier_id: str
+    hostname: str
+    region: str
+    latitude: float
+    longitude: float
+    datacenter_tier: int
+    soc2_claimed: bool
+    soc2_verified: bool
+    status: WorkerStatus
+    last_heartbeat: datetime
+    registered_at: datetime
+    agent_version: str
+    sandbox: str
+    devices: list[DeviceOut]
+
+
+# leases as agents see them ---------------------------------------------------------------
+
+
+class MemberOut(Response):
+    device_id: str
+    worker_id: str
+    state: MemberState
+    reason: str
+
+
+class AssignmentOut(Response):
+    lease_id: str
+    cluster_id: str
+    state: LeaseState
+    t1: datetime
+    t2: datetime
+    head_device_id: str
+    local_devices: list[str]
+    members: list[MemberOut]
+
+
+class AssignmentsOut(Response):
+    lease_version: int
+    heartbeat_seconds: float
+    leases: list[AssignmentOut]
+
+
+class MemberReport(Request):
+    device_id: Annotated[str, StringConstraints(min_length=1, max_length=96)]
+    state: MemberState
+    reason: Text = ""
+
+
+class MemberReportOut(Response):
+    lease_state: LeaseState
+
+
+# clusters as renters see them --------------------------------------------------------------
+
+
+class BookingIn(Request):
+    devices: Count
+    kind: DeviceKind = DeviceKind.GPU
+    hours: Hours
+    max_price_per_hour: Price = Field(description="Per device-hour, in account units.")
+    gpu_models: list[Name] = Field(default_factory=list, max_length=64)
+    min_memory_mb: int = Field(default=0, strict=True, ge=0, le=1 << 40)
+    regions: list[Name] = Field(default_factory=list, max_length=64)
+    security_tier: SecurityTier = SecurityTier.ANY
+    min_datacenter_tier: Tier = 0
+
+
+class ExtendIn(Request):
+    hours: Hours
+
+
+class EventOut(Response):
+    at: datetime
+    state: LeaseState
+    note: str
+
+
+class ClusterOut(Response):
+    id: str
+    lease_id: str
+    renter_id: str
+    state: LeaseState
+    t1: datetime
+    t2: datetime
+    hours: int
+    head_device_id: str
+    price_per_hour: str = Field(description="All devices together, per hour.")
+    total_price: str
+    reason: str
+    request: dict[str, Any]
+    members: list[MemberOut]
+    events: list[EventOut]
