@@ -20,8 +20,8 @@ def parse_cpu_list(text: str) -> list[int]:
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
-        low, _, high = part.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
             raise ValueError(f"not a CPU list: {text!r}")
         cores.update(range(int(low), int(high or low) + 1))
     return sorted(cores)

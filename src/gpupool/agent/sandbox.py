@@ -182,7 +182,8 @@ class ProcessGroupSandbox:
         return f"pgid:{self.pgid}" if self.pgid else "pgid:-"
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        # The first process leads a new session and group; later ones join that group.
+        # The first process leads a new group (in the agent's session, so that later ones may
+        # join it: a process cannot join a group of another session).
         proc = subprocess.Popen(
             list(argv),
             env=env,
@@ -190,8 +191,7 @@ class ProcessGroupSandbox:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
-            start_new_session=self.pgid is None,
-            process_group=self.pgid,
+            process_group=0 if self.pgid is None else self.pgid,
         )
         _REAPED.append(proc)
         if self.pgid is None:
