@@ -24,6 +24,14 @@ def serve(settings: CoordinatorSettings, host: str, port: int) -> None:
     )
     app = create_app(settings, db)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, log_config=None)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=True,
+            log_config=None,
+            timeout_graceful_shutdown=3,  # long polls in flight must not hold up a stop
+        )
     finally:
         db.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api import convert
@@ -68,6 +68,7 @@ async def heartbeat(worker_id: WorkerDep, svc: ServicesDep) -> w.AssignmentsOut:
 
 @router.get("/leases")
 async def leases(
+    request: Request,
     worker_id: WorkerDep,
     svc: ServicesDep,
     version: int = Query(-1, description="Answer once the lease version differs from this."),
@@ -75,7 +76,7 @@ async def leases(
 ) -> w.AssignmentsOut:
     """The worker's active leases; a long poll when `version` is its current lease version."""
     deadline = time.monotonic() + min(wait, svc.settings.long_poll_max_seconds)
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not await request.is_disconnected():
         if await run_in_threadpool(svc.registry.lease_version, worker_id) != version:
             break
         await asyncio.sleep(svc.settings.long_poll_check_seconds)
