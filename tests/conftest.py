@@ -49,3 +49,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlData
 
 
 __all__ = ["metadata"]
+
+
+def _nvml_works() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception:
+        return False
+    return True
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") and not _nvml_works():
+        pytest.skip("needs an NVIDIA GPU and driver (NVML did not initialise)")

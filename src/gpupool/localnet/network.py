@@ -126,23 +126,14 @@ class LocalNetwork:
         key_file = self.state_dir / "admin.key"
         write_secret(key_file, self.admin_key.encode())
         db_url = self.db_url or f"sqlite:///{self.state_dir / 'coordinator.db'}"
-        self._coordinator = self._spawn(
-            "coordinator",
-            [
-                "coordinator",
-                "serve",
-                "--db",
-                db_url,
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--admin-key-file",
-                str(key_file),
-                "--hour-seconds",
-                str(self.hour_seconds),
-                "--heartbeat-seconds",
-                str(self.heartbeat_seconds),
-            ],
-        )
+        options = {
+            "--db": db_url,
+            "--listen": f"127.0.0.1:{self.port}",
+            "--admin-key-file": str(key_file),
+            "--hour-seconds": str(self.hour_seconds),
+            "--heartbeat-seconds": str(self.heartbeat_seconds),
+        }
+        self._coordinator = self._spawn("coordinator", ["coordinator", "serve", *_flat(options)])
         on_step(f"coordinator starting on {self.url} (SQLite in {self.state_dir})")
         with self.admin() as admin:
             wait_for("the coordinator to answer", lambda: self._alive_check(admin), 60)
@@ -163,29 +154,22 @@ class LocalNetwork:
     def agent_dir(self, index: int) -> Path:
         return self.state_dir / f"agent-{index + 1}"
 
-    def start_agent(self, index: int, extra: list[str] | None = None) -> None:
+    def start_agent(self, index: int, teardown_on_exit: bool = True) -> None:
+        """Start agent `index` (again); a restarted agent keeps its state folder."""
         region, lat, lon = SITES[index % len(SITES)]
+        options = {
+            "--coordinator": self.url,
+            "--state-dir": str(self.agent_dir(index)),
+            "--region": region,
+            "--latitude": str(lat),
+            "--longitude": str(lon),
+            "--cpu-group-size": str(self.cpu_group_size),
+        }
+        args = ["agent", "run", *_flat(options)]
+        if teardown_on_exit:
+            args.append("--teardown-on-exit")
         self._agents[index] = self._spawn(
-            f"agent-{index + 1}",
-            [
-                "agent",
-                "run",
-                "--coordinator",
-                self.url,
-                "--state-dir",
-                str(self.agent_dir(index)),
-                "--region",
-                region,
-                "--latitude",
-                str(lat),
-                "--longitude",
-                str(lon),
-                "--cpu-group-size",
-                str(self.cpu_group_size),
-                "--teardown-on-exit",
-                *(extra or []),
-            ],
-            env={"GPUPOOL_KEY": self.supplier_keys[index]},
+            f"agent-{index + 1}", args, env={"GPUPOOL_KEY": self.supplier_keys[index]}
         )
 
     def wait_workers_up(self, count: int, timeout: float = 60) -> None:
@@ -201,18 +185,22 @@ class LocalNetwork:
 
     # stop -------------------------------------------------------------------------------
 
+    def agent_pid(self, index: int) -> int:
+        return self._agents[index].popen.pid
+
     def stop_agent(self, index: int, sig: int = signal.SIGTERM) -> None:
         proc = self._agents.pop(index, None)
         if proc is not None:
-            _stop(proc, sig)
+            _stop_all([proc], sig)
 
     def stop(self) -> None:
         """Stop every process this network started: agents first, so they can end their
         leases, then the coordinator. Safe to call twice."""
-        for index in list(self._agents):
-            self.stop_agent(index)
+        agents = list(self._agents.values())
+        self._agents.clear()
+        _stop_all(agents, signal.SIGTERM)  # in parallel: each ends its own leases
         if self._coordinator is not None:
-            _stop(self._coordinator, signal.SIGTERM)
+            _stop_all([self._coordinator], signal.SIGTERM)
             self._coordinator = None
 
     def __enter__(self) -> LocalNetwork:
@@ -222,13 +210,21 @@ class LocalNetwork:
         self.stop()
 
 
-def _stop(proc: Proc, sig: int, grace: float = 15.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.popen.send_signal(sig)
-    try:
-        proc.popen.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
+def _flat(options: dict[str, str]) -> list[str]:
+    return [x for pair in options.items() for x in pair]
+
+
+def _stop_all(procs: list[Proc], sig: int, grace: float = 15.0) -> None:
+    """Signal every process, then wait for each; kill what outlives the grace period."""
+    for proc in procs:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        proc.popen.wait()
-    proc.log.close()
+            proc.popen.send_signal(sig)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait()
+        proc.log.close()

@@ -1,0 +1,103 @@
+"""The command line: cheap to start, clear errors without tracebacks, and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpupool.localnet.network import free_port
+
+HEAVY = (
+    "ray",
+    "pynvml",
+    "sqlalchemy",
+    "psycopg",
+    "sqlite3",
+    "uvicorn",
+    "gpupool.coordinator",
+    "gpupool.agent",
+)
+
+
+def gpupool(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpupool", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "GPUPOOL_KEY": "", "COLUMNS": "120", **(env or {})},
+    )
+
+
+def test_help_imports_no_ray_nvml_or_database_driver() -> None:
+    probe = (
+        "import sys\n"
+        "sys.argv = ['gpupool', '--help']\n"
+        "from gpupool.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('LOADED', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert "LOADED []" in result.stdout, result.stdout
+    assert "cluster" in result.stdout and "agent" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cluster", "list"],
+        ["workers", "list", "--json"],
+        ["cluster", "create", "--devices", "2", "--max-price", "1"],
+    ],
+)
+def test_unreachable_coordinator_is_one_clear_line(args: list[str]) -> None:
+    result = gpupool(
+        *args,
+        "--coordinator",
+        f"http://127.0.0.1:{free_port()}",
+        env={"GPUPOOL_KEY": "gpr_whatever"},
+    )
+    assert result.returncode == 1
+    assert "cannot reach the coordinator" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_key_is_a_usage_error() -> None:
+    result = gpupool("cluster", "list")
+    assert result.returncode == 2
+    assert "no API key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    result = gpupool("cluster", "create", "--devices", "0", "--max-price", "1")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_agent_refuses_a_bad_price() -> None:
+    result = gpupool("agent", "run", "--key", "k", "--cpu-price", "cheap")
+    assert result.returncode == 2
+    assert "not an amount" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_demo_ends_its_lease_and_prints_json_last(tmp_path: object) -> None:
+    result = gpupool("demo", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["lease_state"] == "ended"
+    assert summary["workers"] == 3
+    assert len(summary["devices"]) == 2
+    assert summary["cluster_id"].startswith("c-")
+    assert "no GPU" in summary["note"]
