@@ -130,6 +130,13 @@ class CgroupSandbox:
             close_fds=True,
         )
         _REAPED.append(proc)
+        # Return only once the child is inside: a destroy() racing a spawn must not miss it.
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while proc.pid not in self.pids() and proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise SandboxError(f"process {proc.pid} did not enter {self.directory}")
+            time.sleep(0.001)
         return proc.pid
 
     def pids(self) -> set[int]:
@@ -140,34 +147,31 @@ class CgroupSandbox:
         return {int(p) for p in text.split()}
 
     def destroy(self) -> None:
-        if not self.directory.exists():
-            return
+        """Kill every process of the lease and remove its cgroup; SandboxError if it cannot."""
         kill_file = self.directory / "cgroup.kill"
         deadline = time.monotonic() + KILL_WAIT_SECONDS
-        while True:
+        while self.directory.exists():
             _reap()
             pids = self.pids()
-            if not pids:
-                break
-            if time.monotonic() > deadline:
-                raise SandboxError(f"processes {sorted(pids)} of {self.lease_id} survive kill")
-            if kill_file.exists():
-                kill_file.write_text("1")
+            if pids:
+                if kill_file.exists():
+                    kill_file.write_text("1")
+                else:
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
             else:
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                try:
+                    self.directory.rmdir()
+                    return
+                except FileNotFoundError:
+                    return
+                except OSError:  # busy: exiting tasks not yet reaped, or a late arrival
+                    pass
+            if time.monotonic() > deadline:
+                what = f"processes {sorted(pids)} survive kill" if pids else "it stays busy"
+                raise SandboxError(f"cannot remove cgroup {self.directory}: {what}")
             time.sleep(0.02)
-        for _ in range(100):
-            try:
-                self.directory.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:  # the kernel can lag a moment behind the last exit
-                _reap()
-                time.sleep(0.02)
-        raise SandboxError(f"cannot remove cgroup {self.directory}")
 
 
 @dataclass
