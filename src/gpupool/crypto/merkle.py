@@ -1,0 +1,119 @@
+"""Merkle commitments over the rows of a matrix, with proofs that open single rows.
+
+Layout (docs/challenge.md): leaf i = sha256(0x00 || row i as little-endian int32), inner node
+= sha256(0x01 || left || right). The prefixes keep a leaf from ever passing for an inner node.
+Levels are built pairwise from the left; a level with an odd count promotes its last node
+unchanged, so that node has no sibling there and its proof is one hash shorter. A proof lists
+the sibling hashes bottom-up, hex; checking it needs the leaf count, which both sides know (n).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
+_HEX_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def leaf_hash(row_bytes: bytes) -> bytes:
+    return hashlib.sha256(LEAF_PREFIX + row_bytes).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
+
+
+def row_bytes(values: npt.ArrayLike) -> bytes:
+    """One row as it is hashed: little-endian int32. Raises ValueError for anything else."""
+    try:
+        row = np.asarray(values)
+    except OverflowError as exc:
+        raise ValueError("row values must be int32") from exc
+    if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
+        raise ValueError("a row is a flat list of integers")
+    info = np.iinfo(np.int32)
+    if row.size and (row.min() < info.min or row.max() > info.max):
+        raise ValueError("row values must be int32")
+    return row.astype("<i4").tobytes()
+
+
+def row_leaves(matrix: npt.NDArray[np.integer]) -> list[bytes]:
+    """The leaf hash of every row of a 2-D integer matrix (hashed as little-endian int32)."""
+    if matrix.ndim != 2:
+        raise ValueError("row_leaves needs a 2-D matrix")
+    data = np.ascontiguousarray(matrix, dtype="<i4").tobytes()
+    width = matrix.shape[1] * 4
+    view = memoryview(data)
+    return [leaf_hash(bytes(view[i * width : (i + 1) * width])) for i in range(matrix.shape[0])]
+
+
+class MerkleTree:
+    """Every level of the tree, so any number of proofs costs no rehashing."""
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        if not leaves:
+            raise ValueError("a Merkle tree needs at least one leaf")
+        levels = [list(leaves)]
+        while len(levels[-1]) > 1:
+            level = levels[-1]
+            parents = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                parents.append(level[-1])  # promoted unchanged
+            levels.append(parents)
+        self._levels = levels
+
+    @property
+    def count(self) -> int:
+        return len(self._levels[0])
+
+    @property
+    def root(self) -> str:
+        return self._levels[-1][0].hex()
+
+    def proof(self, index: int) -> list[str]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"leaf {index} is outside 0..{self.count - 1}")
+        siblings = []
+        for level in self._levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):
+                siblings.append(level[sibling].hex())
+            index //= 2
+        return siblings
+
+
+def merkle_root(leaves: Sequence[bytes]) -> str:
+    return MerkleTree(leaves).root
+
+
+def merkle_proof(leaves: Sequence[bytes], index: int) -> list[str]:
+    return MerkleTree(leaves).proof(index)
+
+
+def verify_proof(root: str, index: int, leaf: bytes, proof: Sequence[str], count: int) -> bool:
+    """Whether `proof` leads from leaf hash `leaf` at `index` of `count` leaves to `root`.
+
+    Anything malformed (bad hex, a proof of the wrong length, an index out of range) is simply
+    False: this checks answers from the network.
+    """
+    if not 0 <= index < count or len(leaf) != 32:
+        return False
+    if not all(isinstance(h, str) and _HEX_HASH.fullmatch(h) for h in proof):
+        return False
+    node, width, used = leaf, count, 0
+    while width > 1:
+        if index % 2 or index + 1 < width:
+            if used == len(proof):
+                return False
+            sibling = bytes.fromhex(proof[used])
+            used += 1
+            node = node_hash(sibling, node) if index % 2 else node_hash(node, sibling)
+        index //= 2
+        width = (width + 1) // 2
+    return used == len(proof) and node.hex() == root.lower()
