@@ -1,0 +1,134 @@
+"""The coordinator's side of the capability challenge, without I/O: building a challenge from
+randomness the caller drew, keeping the pool of materialised B matrices, and checking the rows
+an agent opens against its Merkle root and against the coordinator's own product rows.
+
+The check is cheap because B comes from a small rotating pool of seeds (materialised once,
+kept here, least recently used first out) while A's seed is fresh for every challenge: per
+challenge the coordinator generates only the k requested rows of A and multiplies them by the
+cached B, k * n^2 multiply-adds against the agent's n^3.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from gpupool.crypto.merkle import leaf_hash, row_bytes, verify_proof
+from gpupool.domain.challenge import MAX_N, operand, product_rows
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeSpec:
+    id: str
+    n: int
+    seed_a: int
+    seed_b: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """One row the agent opened: its values and the sibling hashes (hex, bottom-up)."""
+
+    index: int
+    values: Sequence[int]
+    proof: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    reason: str
+
+
+def challenge_spec(
+    challenge_id: str, n: int, random_bytes: bytes, b_seeds: Sequence[int]
+) -> ChallengeSpec:
+    """A challenge from at least 16 random bytes: bytes 0-7 are A's fresh seed (little-endian),
+    bytes 8-15 choose B's seed among `b_seeds`, the coordinator's current pool."""
+    if len(random_bytes) < 16:
+        raise ValueError("a challenge needs at least 16 random bytes")
+    if not b_seeds:
+        raise ValueError("the pool of B seeds is empty")
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"matrix size {n} is outside 1..{MAX_N}")
+    seed_a = int.from_bytes(random_bytes[:8], "little")
+    choice = int.from_bytes(random_bytes[8:16], "little") % len(b_seeds)
+    return ChallengeSpec(challenge_id, n, seed_a, b_seeds[choice])
+
+
+class BPool:
+    """Up to `capacity` materialised B operands (float32, read-only), keyed by (seed_b, n).
+
+    Size it to hold every seed of the rotating pool at every size in use, so checks never
+    regenerate B; a miss costs one n x n generation (tens of ms at n = 2048).
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        if capacity < 1:
+            raise ValueError("a B pool holds at least one matrix")
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[int, int], npt.NDArray[np.float32]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._cache
+
+    def get(self, seed_b: int, n: int) -> npt.NDArray[np.float32]:
+        key = (seed_b, n)
+        b = self._cache.get(key)
+        if b is None:
+            b = operand(seed_b, n)
+            b.flags.writeable = False
+            self._cache[key] = b
+            if len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return b
+
+
+def verify_opening(
+    challenge: ChallengeSpec,
+    root: str,
+    openings: Sequence[Opening],
+    requested_rows: Sequence[int],
+    b_pool: BPool,
+) -> Outcome:
+    """Check the agent's openings: exactly the requested rows, each proven against `root` and
+    each equal to the coordinator's own row of A @ B. Any failure is a wrong answer."""
+    n = challenge.n
+    requested = set(requested_rows)
+    if len(openings) != len(requested):
+        return Outcome(False, f"wrong row count: expected {len(requested)}, got {len(openings)}")
+    seen: set[int] = set()
+    rows: list[npt.NDArray[np.int64]] = []
+    for opening in openings:
+        i = opening.index
+        if i not in requested:
+            return Outcome(False, f"unrequested row {i}")
+        if i in seen:
+            return Outcome(False, f"row {i} opened twice")
+        seen.add(i)
+        if len(opening.values) != n:
+            return Outcome(False, f"row {i} has {len(opening.values)} values, expected {n}")
+        try:
+            encoded = row_bytes(opening.values)
+        except ValueError:
+            return Outcome(False, f"row {i} is not a row of int32 values")
+        if not verify_proof(root, i, leaf_hash(encoded), opening.proof, n):
+            return Outcome(False, f"bad proof for row {i}")
+        rows.append(np.frombuffer(encoded, dtype="<i4").astype(np.int64))
+
+    indices = [o.index for o in openings]
+    expected = product_rows(challenge.seed_a, b_pool.get(challenge.seed_b, n), n, indices)
+    for i, row, want in zip(indices, rows, expected, strict=True):
+        differs = np.flatnonzero(row != want)
+        if differs.size:
+            return Outcome(False, f"row {i} differs from the product at column {differs[0]}")
+    return Outcome(True, f"{len(indices)} rows proven and equal to the product")

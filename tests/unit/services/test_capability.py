@@ -1,0 +1,134 @@
+"""The coordinator's check of opened rows: honest answers pass, every kind of wrong one is
+caught and named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge
+from gpupool.crypto.merkle import MerkleTree, row_leaves
+from gpupool.domain.challenge import matrix, pick_rows
+from gpupool.services.capability import (
+    BPool,
+    ChallengeSpec,
+    Opening,
+    challenge_spec,
+    verify_opening,
+)
+
+N = 96
+SPEC = ChallengeSpec("c-1", N, seed_a=0x1234, seed_b=0xBEEF)
+
+
+@pytest.fixture(scope="module")
+def honest() -> ChallengeWork:
+    return run_challenge(N, SPEC.seed_a, SPEC.seed_b, backend="numpy")
+
+
+def openings(work: ChallengeWork, rows: list[int]) -> list[Opening]:
+    return [Opening(**o) for o in open_rows(work, rows)]
+
+
+def tampered(work: ChallengeWork, row: int, column: int) -> ChallengeWork:
+    """The agent's product with one entry wrong and a root recomputed over it, so every proof
+    is consistent: only the coordinator's own product can catch it."""
+    product = work.product.copy()
+    product[row, column] += 1
+    tree = MerkleTree(row_leaves(product))
+    return ChallengeWork(work.n, product, tree, work.compute_seconds, work.backend)
+
+
+def test_an_honest_answer_passes(honest: ChallengeWork) -> None:
+    rows = pick_rows(b"after the root", N, 8)
+    outcome = verify_opening(SPEC, honest.root, openings(honest, rows), rows, BPool())
+    assert outcome.ok, outcome.reason
+
+
+def test_one_wrong_row_is_caught_and_named_when_it_is_opened(honest: ChallengeWork) -> None:
+    cheat = tampered(honest, row=17, column=40)
+    rows = [3, 17, 60]
+    outcome = verify_opening(SPEC, cheat.root, openings(cheat, rows), rows, BPool())
+    assert not outcome.ok
+    assert outcome.reason == "row 17 differs from the product at column 40"
+
+
+def test_one_wrong_row_escapes_only_while_it_is_not_opened(honest: ChallengeWork) -> None:
+    cheat = tampered(honest, row=17, column=40)
+    rows = [3, 18, 60]
+    assert verify_opening(SPEC, cheat.root, openings(cheat, rows), rows, BPool()).ok
+
+
+def test_a_root_the_proofs_do_not_reach_is_caught(honest: ChallengeWork) -> None:
+    rows = [0, 5, N - 1]
+    wrong_root = MerkleTree(row_leaves(honest.product[::-1])).root
+    outcome = verify_opening(SPEC, wrong_root, openings(honest, rows), rows, BPool())
+    assert not outcome.ok
+    assert outcome.reason == "bad proof for row 0"
+
+
+def test_a_changed_value_under_an_honest_root_fails_its_proof(honest: ChallengeWork) -> None:
+    rows = [7, 9]
+    opened = openings(honest, rows)
+    values = list(opened[1].values)
+    values[0] += 1
+    opened[1] = Opening(9, values, opened[1].proof)
+    outcome = verify_opening(SPEC, honest.root, opened, rows, BPool())
+    assert outcome.reason == "bad proof for row 9"
+
+
+def test_an_answer_for_other_seeds_is_caught(honest: ChallengeWork) -> None:
+    rows = [1, 2]
+    other = ChallengeSpec("c-2", N, seed_a=SPEC.seed_a + 1, seed_b=SPEC.seed_b)
+    outcome = verify_opening(other, honest.root, openings(honest, rows), rows, BPool())
+    assert not outcome.ok
+    assert outcome.reason.startswith("row 1 differs")
+
+
+def test_unrequested_missing_and_repeated_rows_are_refused(honest: ChallengeWork) -> None:
+    rows = [4, 8, 12]
+    pool = BPool()
+    extra = verify_opening(SPEC, honest.root, openings(honest, [4, 8, 13]), rows, pool)
+    assert (extra.ok, extra.reason) == (False, "unrequested row 13")
+    missing = verify_opening(SPEC, honest.root, openings(honest, [4, 8]), rows, pool)
+    assert (missing.ok, missing.reason) == (False, "wrong row count: expected 3, got 2")
+    twice = verify_opening(SPEC, honest.root, openings(honest, [4, 8, 8]), rows, pool)
+    assert (twice.ok, twice.reason) == (False, "row 8 opened twice")
+
+
+def test_short_rows_and_non_int32_values_are_refused(honest: ChallengeWork) -> None:
+    rows = [2]
+    [good] = openings(honest, rows)
+    short = Opening(2, list(good.values)[:-1], good.proof)
+    assert verify_opening(SPEC, honest.root, [short], rows, BPool()).reason == (
+        f"row 2 has {N - 1} values, expected {N}"
+    )
+    huge = Opening(2, [2**40, *list(good.values)[1:]], good.proof)
+    assert verify_opening(SPEC, honest.root, [huge], rows, BPool()).reason == (
+        "row 2 is not a row of int32 values"
+    )
+
+
+def test_the_pool_keeps_the_most_recently_used_matrices() -> None:
+    pool = BPool(capacity=2)
+    first = pool.get(1, 16)
+    assert np.array_equal(first, matrix(1, 16).astype(np.float32))
+    assert pool.get(1, 16) is first
+    pool.get(2, 16)
+    pool.get(1, 16)  # touch 1, so 2 is the least recently used
+    pool.get(3, 16)
+    assert (1, 16) in pool and (3, 16) in pool and (2, 16) not in pool
+    assert len(pool) == 2
+    assert not first.flags.writeable
+
+
+def test_a_challenge_takes_a_fresh_a_seed_and_a_pool_b_seed() -> None:
+    randomness = bytes(range(16))
+    spec = challenge_spec("c-9", 512, randomness, b_seeds=[10, 20, 30])
+    assert spec.seed_a == int.from_bytes(randomness[:8], "little")
+    assert spec.seed_b in (10, 20, 30)
+    assert spec == challenge_spec("c-9", 512, randomness, b_seeds=[10, 20, 30])
+    with pytest.raises(ValueError, match="16 random bytes"):
+        challenge_spec("c-9", 512, randomness[:15], b_seeds=[10])
+    with pytest.raises(ValueError, match="empty"):
+        challenge_spec("c-9", 512, randomness, b_seeds=[])
