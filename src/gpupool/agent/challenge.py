@@ -1,0 +1,162 @@
+"""The agent's side of the capability challenge: multiply the two seeded matrices on the
+device, commit to the product with a Merkle root, and open the rows the coordinator asks for.
+
+Backends: "numpy" (CPU, BLAS sgemm), "torch-cuda" (PyTorch with CUDA) and "cupy". "auto"
+takes the first GPU library that imports and sees a device, else NumPy; "gpu" insists on a GPU
+library. GPU libraries are imported here, lazily, and only when asked for, so an agent without
+them never loads them. On every backend the matrices are generated on the CPU with NumPy and
+copied to the device: generation is not what the challenge measures, and one generator keeps
+every backend's bits identical. Only the multiplication is timed, after a warm-up that
+initialises the BLAS library, with the GPU synchronised before the clock stops. TF32 is
+switched off so the figure compares with the FP32 table (TF32 would give the same, exact
+product, since entries and partial sums fit; only the speed would differ).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gpupool.crypto.merkle import MerkleTree, row_leaves
+from gpupool.domain.challenge import operand
+
+BACKENDS = ("auto", "gpu", "numpy", "torch-cuda", "cupy")
+Multiply = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], tuple[Any, float]]
+
+
+class ChallengeUnsupported(RuntimeError):
+    """The requested backend cannot run here (no GPU library, no device)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeWork:
+    n: int
+    product: npt.NDArray[np.int32]
+    tree: MerkleTree
+    compute_seconds: float
+    backend: str
+
+    @property
+    def root(self) -> str:
+        return self.tree.root
+
+
+def _import(name: str) -> ModuleType | None:
+    # importlib rather than `import torch`: the type checker and the import contracts must
+    # not require optional GPU libraries that most machines lack.
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _numpy_multiply(
+    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.int32], float]:
+    _ = a[:64, :64] @ b[:64, :64]  # start BLAS's threads outside the timing
+    started = time.perf_counter()
+    c = a @ b
+    seconds = time.perf_counter() - started
+    return c.astype(np.int32), seconds
+
+
+def _torch_backend() -> Multiply | None:
+    torch = _import("torch")
+    try:
+        if torch is None or not torch.cuda.is_available():
+            return None
+    except Exception:  # a broken driver install raises rather than answering False
+        return None
+
+    def multiply(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> tuple[Any, float]:
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            da, db = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+            torch.matmul(da, db)  # warm-up: cuBLAS handle, workspace, kernel choice
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            dc = torch.matmul(da, db)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            product = dc.to(torch.int32).cpu().numpy()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        del da, db, dc
+        torch.cuda.empty_cache()  # the device goes back to renters' leases afterwards
+        return product, seconds
+
+    return multiply
+
+
+def _cupy_backend() -> Multiply | None:
+    cupy = _import("cupy")
+    try:
+        if cupy is None or cupy.cuda.runtime.getDeviceCount() == 0:
+            return None
+    except Exception:  # CuPy raises its own CUDA errors when no driver is present
+        return None
+
+    def multiply(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> tuple[Any, float]:
+        da, db = cupy.asarray(a), cupy.asarray(b)
+        cupy.matmul(da, db)  # warm-up
+        cupy.cuda.Device().synchronize()
+        started = time.perf_counter()
+        dc = cupy.matmul(da, db)
+        cupy.cuda.Device().synchronize()
+        seconds = time.perf_counter() - started
+        product = cupy.asnumpy(dc.astype(cupy.int32))
+        del da, db, dc
+        cupy.get_default_memory_pool().free_all_blocks()
+        return product, seconds
+
+    return multiply
+
+
+GPU_BACKENDS: dict[str, Callable[[], Multiply | None]] = {
+    "torch-cuda": _torch_backend,
+    "cupy": _cupy_backend,
+}
+
+
+def select_backend(backend: str = "auto") -> tuple[str, Multiply]:
+    """The backend's name and its timed multiplication; ChallengeUnsupported if unavailable."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    if backend == "numpy":
+        return "numpy", _numpy_multiply
+    for name in [backend] if backend in GPU_BACKENDS else list(GPU_BACKENDS):
+        multiply = GPU_BACKENDS[name]()
+        if multiply is not None:
+            return name, multiply
+    if backend == "auto":
+        return "numpy", _numpy_multiply
+    raise ChallengeUnsupported(f"backend {backend!r}: no usable torch.cuda or CuPy device")
+
+
+def run_challenge(n: int, seed_a: int, seed_b: int, backend: str = "auto") -> ChallengeWork:
+    """Generate A and B, multiply them on the chosen backend, and commit to the product."""
+    name, multiply = select_backend(backend)
+    a, b = operand(seed_a, n), operand(seed_b, n)
+    product, seconds = multiply(a, b)
+    product = np.ascontiguousarray(product, dtype=np.int32)
+    return ChallengeWork(n, product, MerkleTree(row_leaves(product)), seconds, name)
+
+
+def open_rows(work: ChallengeWork, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """The requested rows as the agent sends them: index, values (ints), proof (hex, bottom-up)."""
+    openings = []
+    for i in indices:
+        if not 0 <= i < work.n:
+            raise IndexError(f"row {i} is outside 0..{work.n - 1}")
+        openings.append(
+            {"index": i, "values": work.product[i].tolist(), "proof": work.tree.proof(i)}
+        )
+    return openings

@@ -1,0 +1,64 @@
+"""The agent's challenge runner: NumPy end to end, and the GPU backends agreeing with it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from gpupool.agent.challenge import ChallengeUnsupported, open_rows, run_challenge, select_backend
+from gpupool.crypto.merkle import leaf_hash, row_bytes, verify_proof
+from gpupool.domain.challenge import matrix, pick_rows
+from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
+
+SEED_A, SEED_B = 0x0123456789ABCDEF, 0xFEDCBA9876543210
+
+
+def test_numpy_backend_runs_the_challenge_end_to_end_at_256() -> None:
+    n = 256
+    work = run_challenge(n, SEED_A, SEED_B, backend="numpy")
+    assert work.backend == "numpy"
+    assert work.compute_seconds > 0
+    expected = matrix(SEED_A, n).astype(np.int64) @ matrix(SEED_B, n).astype(np.int64)
+    assert np.array_equal(work.product, expected)
+    rows = pick_rows(bytes.fromhex(work.root)[:8], n, 8)
+    opened = open_rows(work, rows)
+    for o in opened:
+        assert verify_proof(work.root, o["index"], leaf_hash(row_bytes(o["values"])), o["proof"], n)
+    spec = ChallengeSpec("c", n, SEED_A, SEED_B)
+    outcome = verify_opening(spec, work.root, [Opening(**o) for o in opened], rows, BPool())
+    assert outcome.ok, outcome.reason
+
+
+def test_opening_a_row_outside_the_matrix_is_refused() -> None:
+    work = run_challenge(8, 1, 2, backend="numpy")
+    with pytest.raises(IndexError):
+        open_rows(work, [8])
+
+
+def test_unknown_backends_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        select_backend("opencl")
+
+
+def test_a_gpu_backend_without_a_gpu_library_is_unsupported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpupool.agent.challenge as runner
+
+    monkeypatch.setattr(runner, "_import", lambda name: None)
+    with pytest.raises(ChallengeUnsupported):
+        select_backend("gpu")
+    assert select_backend("auto")[0] == "numpy"
+
+
+@pytest.mark.gpu
+def test_gpu_backend_commits_to_the_same_root_as_numpy() -> None:
+    if not any(importlib.util.find_spec(m) for m in ("torch", "cupy")):
+        pytest.skip("neither torch nor cupy is importable, so there is no GPU backend to compare")
+    n = 2048
+    gpu = run_challenge(n, SEED_A, SEED_B, backend="gpu")
+    cpu = run_challenge(n, SEED_A, SEED_B, backend="numpy")
+    assert gpu.backend in ("torch-cuda", "cupy")
+    assert gpu.root == cpu.root
