@@ -107,7 +107,7 @@ def verify_opening(
     if len(openings) != len(requested):
         return Outcome(False, f"wrong row count: expected {len(requested)}, got {len(openings)}")
     seen: set[int] = set()
-    rows: list[npt.NDArray[np.int64]] = []
+    rows: list[npt.NDArray[np.int32]] = []
     for opening in openings:
         i = opening.index
         if i not in requested:
@@ -123,7 +123,7 @@ def verify_opening(
             return Outcome(False, f"row {i} is not a row of int32 values")
         if not verify_proof(root, i, leaf_hash(encoded), opening.proof, n):
             return Outcome(False, f"bad proof for row {i}")
-        rows.append(np.frombuffer(encoded, dtype="<i4").astype(np.int64))
+        rows.append(np.frombuffer(encoded, dtype="<i4"))
 
     indices = [o.index for o in openings]
     expected = product_rows(challenge.seed_a, b_pool.get(challenge.seed_b, n), n, indices)

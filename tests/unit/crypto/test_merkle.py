@@ -58,7 +58,8 @@ def test_leaves_hash_rows_as_little_endian_int32() -> None:
 
 
 def test_row_bytes_refuses_values_outside_int32_and_non_integers() -> None:
-    for bad in ([2**31], [-(2**31) - 1], [1.5], [2**70], [[1, 2]]):
+    assert row_bytes([]) == b""
+    for bad in ([2**31], [-(2**31) - 1], [1.5], [2**70], [[1, 2]], ["1"], [None]):
         with pytest.raises(ValueError):
             row_bytes(bad)
 
