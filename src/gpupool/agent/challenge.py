@@ -53,7 +53,7 @@ def _import(name: str) -> ModuleType | None:
     # not require optional GPU libraries that most machines lack.
     try:
         return importlib.import_module(name)
-    except ImportError:
+    except Exception:  # not installed, or installed without the CUDA libraries it links to
         return None
 
 

@@ -31,6 +31,21 @@ def test_numpy_backend_runs_the_challenge_end_to_end_at_256() -> None:
     assert outcome.ok, outcome.reason
 
 
+def test_known_answer_from_the_docs() -> None:
+    work = run_challenge(4, SEED_A, SEED_B, backend="numpy")
+    assert work.product.tolist() == [
+        [40, 16, 60, -36],
+        [42, -88, 14, -58],
+        [-34, -93, -69, -52],
+        [-52, -136, 8, 16],
+    ]
+    assert work.root == "17b41dbf647b24d14ca8db9820dd21899d2df7945eabb4846eefe43694861654"
+    assert open_rows(work, [2])[0]["proof"] == [
+        "52449c4aaa60a8b69d2125f28638fa73a98a42466f8c463e5a988373274913d1",
+        "41c0597b4d3618e08b5f5616e93f877d30a77d61af37199a016b1c281f344677",
+    ]
+
+
 def test_opening_a_row_outside_the_matrix_is_refused() -> None:
     work = run_challenge(8, 1, 2, backend="numpy")
     with pytest.raises(IndexError):
