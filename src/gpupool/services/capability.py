@@ -104,6 +104,8 @@ def verify_opening(
     each equal to the coordinator's own row of A @ B. Any failure is a wrong answer."""
     n = challenge.n
     requested = set(requested_rows)
+    if not requested:
+        raise ValueError("a check must request at least one row")  # else anything would pass
     if len(openings) != len(requested):
         return Outcome(False, f"wrong row count: expected {len(requested)}, got {len(openings)}")
     seen: set[int] = set()

@@ -96,6 +96,11 @@ def test_unrequested_missing_and_repeated_rows_are_refused(honest: ChallengeWork
     assert (twice.ok, twice.reason) == (False, "row 8 opened twice")
 
 
+def test_a_check_that_requests_no_rows_is_a_caller_error(honest: ChallengeWork) -> None:
+    with pytest.raises(ValueError, match="at least one row"):
+        verify_opening(SPEC, honest.root, [], [], BPool())
+
+
 def test_short_rows_and_non_int32_values_are_refused(honest: ChallengeWork) -> None:
     rows = [2]
     [good] = openings(honest, rows)
