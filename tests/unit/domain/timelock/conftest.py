@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpupool.crypto.canonical import canonical_json, sha256_hex
+from gpupool.domain.timelock.chain import HashedSample
 from gpupool.domain.timelock.samples import ZERO_HASH, Sample
 
 LEASE = "l-1"
@@ -81,6 +82,10 @@ def relink(dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d["prev"] = prev
         prev = hash_of(d)
     return dicts
+
+
+def hashed(dicts: Sequence[dict[str, Any]]) -> list[HashedSample]:
+    return [HashedSample(Sample.from_dict(d), hash_of(d)) for d in dicts]
 
 
 def samples(dicts: Sequence[dict[str, Any]]) -> list[Sample]:
