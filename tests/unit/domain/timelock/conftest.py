@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpupool.crypto.canonical import canonical_json, sha256_hex
+from gpupool.domain.models import DeviceKind
 from gpupool.domain.timelock.chain import HashedSample
 from gpupool.domain.timelock.samples import ZERO_HASH, Sample
+from gpupool.domain.timelock.telemetry import DeviceProfile
 
 LEASE = "l-1"
 WORKER = "w-abc"
@@ -18,6 +20,8 @@ DEVICE = f"{WORKER}:gpu0"
 EPOCH = 10_000
 INTERVAL = 1_000
 T1 = 1_700_000_000_000  # a multiple of EPOCH: beacon T1 // EPOCH is issued at T1
+H100 = DeviceProfile(DeviceKind.GPU, "NVIDIA H100 80GB HBM3", 81_559)
+CPU = DeviceProfile(DeviceKind.CPU, "AMD EPYC 7763 (cores 0-7)", 65_536)
 
 Reading = tuple[int | None, int | None, int | None, int | None]
 
