@@ -199,7 +199,7 @@ def _diff(path: str, given: Any, expected: Any, problems: list[str]) -> None:
         for key in sorted(set(given) | set(expected), key=str):
             where = f"{path}.{key}" if path else str(key)
             if key not in expected:
-                problems.append(f"{where}: not a certificate field")
+                problems.append(f"{where}: in the certificate, but the samples do not give it")
             elif key not in given:
                 problems.append(f"{where}: missing; the samples give {_show(expected[key])}")
             else:

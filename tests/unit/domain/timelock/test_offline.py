@@ -179,3 +179,10 @@ def test_a_malformed_certificate_is_reported_not_raised() -> None:
     body = {"version": 2}
     problems = verify(body, {}, body)
     assert problems == ["the certificate is malformed: unknown certificate version 2"]
+
+
+def test_a_beacon_no_sample_names_is_found(issued: tuple[dict[str, Any], Chains]) -> None:
+    body, chains = issued
+    body["beacons"]["1"] = "ab" * 32
+    problems = verify(body, chains, body)
+    assert problems == ["beacons.1: in the certificate, but the samples do not give it"]
