@@ -54,6 +54,10 @@ class Identity:
     def generate(cls) -> Identity:
         return cls(Ed25519PrivateKey.generate())
 
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> Identity:
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
     @property
     def public_key(self) -> bytes:
         return self.private_key.public_key().public_bytes(

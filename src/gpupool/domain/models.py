@@ -104,10 +104,18 @@ class Device:
     worker_status: WorkerStatus
     location: Location
     attributes: SupplierAttributes
+    # Passed its latest capability challenge (and none is running now).
+    verified: bool = True
+    flops: float | None = None  # measured by the latest passed challenge
+    challenged_at: float | None = None
 
     @property
     def available(self) -> bool:
-        return self.status is DeviceStatus.IDLE and self.worker_status is WorkerStatus.UP
+        return (
+            self.status is DeviceStatus.IDLE
+            and self.worker_status is WorkerStatus.UP
+            and self.verified
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
 from gpupool.domain.models import (
@@ -20,6 +21,7 @@ from gpupool.domain.models import (
     Cluster,
     Device,
     DeviceSpec,
+    DeviceStatus,
     Worker,
 )
 
@@ -65,6 +67,18 @@ class WorkerRepo(Protocol):
 
     def list_all(self, supplier_id: str | None = None) -> list[Worker]: ...
     def devices(self, worker_id: str | None = None) -> list[Device]: ...
+    def set_verification(
+        self,
+        device_id: str,
+        *,
+        verified: bool,
+        at: float,
+        status: DeviceStatus | None = None,
+        flops: float | None = None,
+    ) -> None:
+        """Record a capability challenge's effect on a device."""
+        ...
+
     def bump_lease_version(self, worker_ids: Sequence[str]) -> None: ...
     def lease_version(self, worker_id: str) -> int: ...
 
@@ -107,6 +121,84 @@ class NonceRepo(Protocol):
     def forget_before(self, cutoff: float) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredHead:
+    seq: int
+    hash: str
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    seq: int
+    time_ms: int
+    hash: str
+    body: str  # canonical JSON, exactly as hashed
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    last_seq: int
+    last_hash: str
+    signature: str  # base64 Ed25519 over crypto.timelock.batch_message
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCertificate:
+    body: str  # canonical JSON, exactly as signed
+    signature: str
+    issued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRecord:
+    id: str
+    device_id: str
+    worker_id: str
+    n: int
+    seed_a: str
+    seed_b: str
+    state: str  # issued -> answered -> passed | failed | wrong
+    issued_at: float
+    root: str | None = None
+    rows: tuple[int, ...] | None = None
+    compute_seconds: float | None = None
+    flops: float | None = None
+    reason: str = ""
+    answered_at: float | None = None
+    finished_at: float | None = None
+
+
+class ProofRepo(Protocol):
+    def head(self, lease_id: str, device_id: str) -> StoredHead | None: ...
+    def heads(self, lease_id: str) -> dict[str, StoredHead]: ...
+    def append(
+        self,
+        lease_id: str,
+        device_id: str,
+        previous: StoredHead | None,
+        rows: Sequence[StoredSample],
+        batch: StoredBatch,
+    ) -> bool:
+        """Store a verified batch and move the head; False if the head moved meanwhile."""
+        ...
+
+    def samples(self, lease_id: str) -> list[tuple[str, StoredSample]]: ...
+    def batches(self, lease_id: str) -> list[tuple[str, StoredBatch]]: ...
+    def certificate(self, lease_id: str) -> StoredCertificate | None: ...
+    def add_certificate(self, lease_id: str, cert: StoredCertificate) -> None: ...
+    def model_stats(self, model: str) -> dict[str, Any] | None: ...
+    def save_model_stats(self, model: str, body: dict[str, Any], at: float) -> None: ...
+    def add_challenge(self, record: ChallengeRecord) -> None: ...
+    def save_challenge(self, record: ChallengeRecord) -> None: ...
+    def challenge(self, challenge_id: str) -> ChallengeRecord | None: ...
+    def challenges(
+        self, *, worker_id: str | None = None, states: Sequence[str] = ()
+    ) -> list[ChallengeRecord]: ...
+    def passed_flops(self, model: str, limit: int = 50) -> list[float]: ...
+
+
 class Transaction(Protocol):
     @property
     def accounts(self) -> AccountRepo: ...
@@ -116,6 +208,8 @@ class Transaction(Protocol):
     def leases(self) -> LeaseRepo: ...
     @property
     def nonces(self) -> NonceRepo: ...
+    @property
+    def proofs(self) -> ProofRepo: ...
 
 
 class Database(Protocol):

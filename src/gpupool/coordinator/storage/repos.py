@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from gpupool.coordinator.storage.proofs import SqlProofs
 from gpupool.coordinator.storage.tables import (
     accounts,
     clusters,
@@ -130,6 +131,9 @@ def _device(row: Any) -> Device:
         worker_status=WorkerStatus(row.worker_status),
         location=Location(row.latitude, row.longitude, row.region),
         attributes=SupplierAttributes(row.datacenter_tier, row.soc2_claimed, row.soc2_verified),
+        verified=bool(row.verified),
+        flops=row.flops,
+        challenged_at=row.challenged_at,
     )
 
 
@@ -188,6 +192,7 @@ class SqlWorkers:
                         present=True,
                         status=DeviceStatus.IDLE.value,
                         lease_id=None,
+                        verified=False,
                         **_spec_values(spec),
                     )
                 )
@@ -269,6 +274,22 @@ class SqlWorkers:
         if worker_id is not None:
             query = query.where(devices.c.worker_id == worker_id)
         return [_device(row) for row in self._c.execute(query)]
+
+    def set_verification(
+        self,
+        device_id: str,
+        *,
+        verified: bool,
+        at: float,
+        status: DeviceStatus | None = None,
+        flops: float | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"verified": verified, "challenged_at": at}
+        if status is not None:
+            values["status"] = status.value
+        if flops is not None:
+            values["flops"] = flops
+        self._c.execute(devices.update().where(devices.c.id == device_id).values(**values))
 
     def bump_lease_version(self, worker_ids: Sequence[str]) -> None:
         if worker_ids:
@@ -530,3 +551,4 @@ class SqlTransaction:
         self.workers = SqlWorkers(conn)
         self.leases = SqlLeases(conn)
         self.nonces = SqlNonces(conn)
+        self.proofs = SqlProofs(conn)

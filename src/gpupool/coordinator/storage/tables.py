@@ -56,6 +56,9 @@ devices = sa.Table(
     sa.Column("present", sa.Boolean, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("lease_id", sa.String(32)),
+    sa.Column("verified", sa.Boolean, nullable=False, default=False),
+    sa.Column("flops", sa.Double),
+    sa.Column("challenged_at", sa.Double),
     sa.Index("ix_devices_worker", "worker_id"),
     sa.Index("ix_devices_status", "status"),
 )
@@ -124,4 +127,80 @@ nonces = sa.Table(
     sa.Column("nonce", sa.String(128), primary_key=True),
     sa.Column("at", sa.Double, nullable=False),
     sa.Index("ix_nonces_at", "at"),
+)
+
+
+# Proof of Time-Lock ---------------------------------------------------------------------
+
+chain_heads = sa.Table(
+    "chain_heads",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(96), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("time_ms", sa.BigInteger, nullable=False),
+)
+
+samples = sa.Table(
+    "samples",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(96), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("time_ms", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the sample's canonical JSON, as hashed
+)
+
+sample_batches = sa.Table(
+    "sample_batches",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(96), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, primary_key=True),
+    sa.Column("last_hash", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+)
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),  # canonical JSON, as signed
+    sa.Column("signature", sa.String(128), nullable=False),
+    sa.Column("issued_at", sa.Double, nullable=False),
+)
+
+model_stats = sa.Table(
+    "model_stats",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# Capability challenges -------------------------------------------------------------------
+
+challenges = sa.Table(
+    "challenges",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(96), nullable=False),
+    sa.Column("worker_id", sa.String(32), nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("seed_a", sa.String(16), nullable=False),
+    sa.Column("seed_b", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # issued, answered, passed, failed, wrong
+    sa.Column("root", sa.String(64)),
+    sa.Column("rows", sa.JSON),
+    sa.Column("compute_seconds", sa.Double),
+    sa.Column("flops", sa.Double),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("issued_at", sa.Double, nullable=False),
+    sa.Column("answered_at", sa.Double),
+    sa.Column("finished_at", sa.Double),
+    sa.Index("ix_challenges_device", "device_id"),
+    sa.Index("ix_challenges_state", "state"),
 )

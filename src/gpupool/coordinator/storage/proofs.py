@@ -1,0 +1,252 @@
+"""Repositories for Proof of Time-Lock (chain heads, samples, signed batches, certificates,
+anomaly statistics) and capability challenges."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from gpupool.coordinator.storage.tables import (
+    certificates,
+    chain_heads,
+    challenges,
+    devices,
+    model_stats,
+    sample_batches,
+    samples,
+)
+from gpupool.services.ports import (
+    ChallengeRecord,
+    StoredBatch,
+    StoredCertificate,
+    StoredHead,
+    StoredSample,
+)
+
+
+class SqlProofs:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    # chains -----------------------------------------------------------------------------
+
+    def head(self, lease_id: str, device_id: str) -> StoredHead | None:
+        row = self._c.execute(
+            chain_heads.select().where(
+                chain_heads.c.lease_id == lease_id, chain_heads.c.device_id == device_id
+            )
+        ).first()
+        return StoredHead(row.seq, row.hash, row.time_ms) if row else None
+
+    def heads(self, lease_id: str) -> dict[str, StoredHead]:
+        rows = self._c.execute(chain_heads.select().where(chain_heads.c.lease_id == lease_id))
+        return {r.device_id: StoredHead(r.seq, r.hash, r.time_ms) for r in rows}
+
+    def append(
+        self,
+        lease_id: str,
+        device_id: str,
+        previous: StoredHead | None,
+        rows: Sequence[StoredSample],
+        batch: StoredBatch,
+    ) -> bool:
+        """Store a verified batch and move the head; False if the head moved meanwhile."""
+        last = rows[-1]
+        if previous is None:
+            # INSERT .. ON CONFLICT DO NOTHING: of two first batches only one starts the chain.
+            dialect = sqlite_insert if self._c.dialect.name == "sqlite" else pg_insert
+            started = self._c.execute(
+                dialect(chain_heads)
+                .values(
+                    lease_id=lease_id,
+                    device_id=device_id,
+                    seq=last.seq,
+                    hash=last.hash,
+                    time_ms=last.time_ms,
+                )
+                .on_conflict_do_nothing()
+                .returning(chain_heads.c.seq)
+            ).first()
+            moved = 1 if started is not None else 0
+        else:
+            moved = self._c.execute(
+                chain_heads.update()
+                .where(
+                    chain_heads.c.lease_id == lease_id,
+                    chain_heads.c.device_id == device_id,
+                    chain_heads.c.seq == previous.seq,
+                )
+                .values(seq=last.seq, hash=last.hash, time_ms=last.time_ms)
+            ).rowcount
+        if moved != 1:
+            return False
+        self._c.execute(
+            samples.insert(),
+            [
+                {
+                    "lease_id": lease_id,
+                    "device_id": device_id,
+                    "seq": r.seq,
+                    "time_ms": r.time_ms,
+                    "hash": r.hash,
+                    "body": r.body,
+                }
+                for r in rows
+            ],
+        )
+        self._c.execute(
+            sample_batches.insert().values(
+                lease_id=lease_id,
+                device_id=device_id,
+                last_seq=batch.last_seq,
+                last_hash=batch.last_hash,
+                signature=batch.signature,
+                received_ms=batch.received_ms,
+            )
+        )
+        return True
+
+    def samples(self, lease_id: str) -> list[tuple[str, StoredSample]]:
+        """Every accepted sample of a lease as (device id, sample), in chain order."""
+        rows = self._c.execute(
+            sa.select(
+                samples.c.device_id,
+                samples.c.seq,
+                samples.c.time_ms,
+                samples.c.hash,
+                samples.c.body,
+            )
+            .where(samples.c.lease_id == lease_id)
+            .order_by(samples.c.device_id, samples.c.seq)
+        )
+        return [(r.device_id, StoredSample(r.seq, r.time_ms, r.hash, r.body)) for r in rows]
+
+    def batches(self, lease_id: str) -> list[tuple[str, StoredBatch]]:
+        rows = self._c.execute(
+            sample_batches.select()
+            .where(sample_batches.c.lease_id == lease_id)
+            .order_by(sample_batches.c.device_id, sample_batches.c.last_seq)
+        )
+        return [
+            (r.device_id, StoredBatch(r.last_seq, r.last_hash, r.signature, r.received_ms))
+            for r in rows
+        ]
+
+    # certificates and statistics ----------------------------------------------------------
+
+    def certificate(self, lease_id: str) -> StoredCertificate | None:
+        row = self._c.execute(
+            certificates.select().where(certificates.c.lease_id == lease_id)
+        ).first()
+        return StoredCertificate(row.body, row.signature, row.issued_at) if row else None
+
+    def add_certificate(self, lease_id: str, cert: StoredCertificate) -> None:
+        self._c.execute(
+            certificates.insert().values(
+                lease_id=lease_id,
+                body=cert.body,
+                signature=cert.signature,
+                issued_at=cert.issued_at,
+            )
+        )
+
+    def model_stats(self, model: str) -> dict[str, Any] | None:
+        row = self._c.execute(model_stats.select().where(model_stats.c.model == model)).first()
+        return dict(json.loads(row.body)) if row else None
+
+    def save_model_stats(self, model: str, body: dict[str, Any], at: float) -> None:
+        text = json.dumps(body, sort_keys=True)
+        updated = self._c.execute(
+            model_stats.update()
+            .where(model_stats.c.model == model)
+            .values(body=text, updated_at=at)
+        ).rowcount
+        if not updated:
+            self._c.execute(model_stats.insert().values(model=model, body=text, updated_at=at))
+
+    # capability challenges ------------------------------------------------------------------
+
+    def add_challenge(self, record: ChallengeRecord) -> None:
+        self._c.execute(challenges.insert().values(**_challenge_values(record)))
+
+    def save_challenge(self, record: ChallengeRecord) -> None:
+        self._c.execute(
+            challenges.update()
+            .where(challenges.c.id == record.id)
+            .values(**_challenge_values(record))
+        )
+
+    def challenge(self, challenge_id: str) -> ChallengeRecord | None:
+        row = self._c.execute(challenges.select().where(challenges.c.id == challenge_id)).first()
+        return _challenge(row) if row else None
+
+    def challenges(
+        self, *, worker_id: str | None = None, states: Sequence[str] = ()
+    ) -> list[ChallengeRecord]:
+        query = challenges.select().order_by(challenges.c.issued_at)
+        if worker_id is not None:
+            query = query.where(challenges.c.worker_id == worker_id)
+        if states:
+            query = query.where(challenges.c.state.in_(states))
+        return [_challenge(r) for r in self._c.execute(query)]
+
+    def passed_flops(self, model: str, limit: int = 50) -> list[float]:
+        """Throughput of recent passed challenges on devices of one model (CPU references)."""
+        rows = self._c.execute(
+            sa.select(challenges.c.flops)
+            .join(devices, devices.c.id == challenges.c.device_id)
+            .where(
+                devices.c.model == model,
+                challenges.c.state == "passed",
+                challenges.c.flops.is_not(None),
+            )
+            .order_by(challenges.c.finished_at.desc())
+            .limit(limit)
+        )
+        return [float(r.flops) for r in rows]
+
+
+def _challenge_values(r: ChallengeRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "device_id": r.device_id,
+        "worker_id": r.worker_id,
+        "n": r.n,
+        "seed_a": r.seed_a,
+        "seed_b": r.seed_b,
+        "state": r.state,
+        "root": r.root,
+        "rows": list(r.rows) if r.rows is not None else None,
+        "compute_seconds": r.compute_seconds,
+        "flops": r.flops,
+        "reason": r.reason,
+        "issued_at": r.issued_at,
+        "answered_at": r.answered_at,
+        "finished_at": r.finished_at,
+    }
+
+
+def _challenge(row: Any) -> ChallengeRecord:
+    return ChallengeRecord(
+        id=row.id,
+        device_id=row.device_id,
+        worker_id=row.worker_id,
+        n=row.n,
+        seed_a=row.seed_a,
+        seed_b=row.seed_b,
+        state=row.state,
+        root=row.root,
+        rows=tuple(row.rows) if row.rows is not None else None,
+        compute_seconds=row.compute_seconds,
+        flops=row.flops,
+        reason=row.reason,
+        issued_at=row.issued_at,
+        answered_at=row.answered_at,
+        finished_at=row.finished_at,
+    )
