@@ -97,8 +97,9 @@ def main() -> None:
         f"total {ms['agent_total']} ms"
     )
     print(
-        f"coordinator: check (k rows of A, k row products, k proofs) {ms['check']} ms, "
-        f"of which rows x B {ms['check_rows']} ms; cold pool: B generation {ms['cold_b']} ms"
+        f"coordinator: check (k rows of A, k fingerprints, k proofs) {ms['check']} ms; "
+        f"exact k rows x B (only run to name a wrong column) {ms['check_rows']} ms; "
+        f"cold pool: B and its fingerprint {ms['cold_b']} ms"
     )
     print(
         f"ratio:       check / multiply {result['check_over_multiply']:.3%}, "

@@ -70,6 +70,7 @@ class AgentSim:
     api: Api
     identity: Identity
     link: CoordinatorLink
+    solve_challenges: bool = True
 
     @property
     def worker_id(self) -> str:
@@ -99,7 +100,17 @@ class AgentSim:
             "sandbox": "cgroup2",
             **extra,
         }
-        return self.link.register(WorkerRegister.model_validate(body))
+        worker = self.link.register(WorkerRegister.model_validate(body))
+        if self.solve_challenges:
+            self.solve_pending()
+        return worker
+
+    def solve_pending(self) -> list[Any]:
+        """Answer every open capability challenge with the agent's real challenge code."""
+        from gpupool.agent.challenger import Challenger
+
+        challenger = Challenger(self.link)
+        return [challenger.solve(c) for c in self.link.heartbeat().challenges]
 
     def device(self, i: int) -> str:
         return f"{self.worker_id}:cpu{i}"
@@ -115,6 +126,8 @@ def api(database: SqlDatabase) -> Iterator[Api]:
         hour_seconds=HOUR,
         provision_deadline_seconds=60,
         max_body_bytes=64 * 1024,
+        challenge_size=64,
+        challenge_rows=4,
     )
     app = create_app(settings, database, clock=clock, run_ticker=False)
     with TestClient(app, raise_server_exceptions=False) as http:

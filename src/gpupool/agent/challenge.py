@@ -15,9 +15,14 @@ product, since entries and partial sums fit; only the speed would differ).
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -160,3 +165,37 @@ def open_rows(work: ChallengeWork, indices: Sequence[int]) -> list[dict[str, Any
             {"index": i, "values": work.product[i].tolist(), "proof": work.tree.proof(i)}
         )
     return openings
+
+
+def run_pinned(n: int, seed_a: int, seed_b: int, cores: Sequence[int]) -> ChallengeWork:
+    """Run the NumPy challenge in a child process held to `cores`, with as many BLAS threads
+    as cores, so a CPU device is measured on its own cores only."""
+    count = str(len(cores))
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": count, "OMP_NUM_THREADS": count}
+    with tempfile.TemporaryDirectory(prefix="gpupool-challenge-") as tmp:
+        out = Path(tmp) / "product.npy"
+        argv = [sys.executable, "-m", "gpupool.agent.challenge", str(n), str(seed_a), str(seed_b)]
+        done = subprocess.run(
+            ["taskset", "-c", ",".join(map(str, sorted(cores))), *argv, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ChallengeUnsupported(f"the pinned challenge failed: {done.stderr.strip()[-300:]}")
+        product = np.load(out)
+    seconds = float(done.stdout.strip().splitlines()[-1])
+    return ChallengeWork(n, product, MerkleTree(row_leaves(product)), seconds, "numpy")
+
+
+def _main(args: Sequence[str]) -> None:
+    n, seed_a, seed_b, out = int(args[0]), int(args[1]), int(args[2]), args[3]
+    work = run_challenge(n, seed_a, seed_b, backend="numpy")
+    np.save(out, work.product)
+    print(repr(work.compute_seconds))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -3,22 +3,26 @@ randomness the caller drew, keeping the pool of materialised B matrices, and che
 an agent opens against its Merkle root and against the coordinator's own product rows.
 
 The check is cheap because B comes from a small rotating pool of seeds (materialised once,
-kept here, least recently used first out) while A's seed is fresh for every challenge: per
-challenge the coordinator generates only the k requested rows of A and multiplies them by the
-cached B, k * n^2 multiply-adds against the agent's n^3.
+kept here, least recently used first out) while A's seed is fresh for every challenge, and
+because each opened row is compared through a secret random vector r (Freivalds): with
+f = B r computed once per pooled B, row i is right only if C_i . r == A_i . f, which costs
+O(n) per row instead of O(n^2). A wrong row passes with probability at most 2^-24 (r's
+entries are uniform in [0, 2^24) and the agent never sees r); when the fingerprint differs the
+exact row is computed to name the first wrong column.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from gpupool.crypto.merkle import leaf_hash, row_bytes, verify_proof
-from gpupool.domain.challenge import MAX_N, operand, product_rows
+from gpupool.domain.challenge import MAX_N, matrix_rows, operand, product_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +71,23 @@ class BPool:
     regenerate B; a miss costs one n x n generation (tens of ms at n = 2048).
     """
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(
+        self, capacity: int = 4, random_bytes: Callable[[int], bytes] = secrets.token_bytes
+    ) -> None:
         if capacity < 1:
             raise ValueError("a B pool holds at least one matrix")
         self.capacity = capacity
+        self._random = random_bytes
         self._cache: OrderedDict[tuple[int, int], npt.NDArray[np.float32]] = OrderedDict()
+        self._fingerprints: dict[tuple[int, int], tuple[npt.NDArray[np.int64], ...]] = {}
+
+    def fingerprint(
+        self, seed_b: int, n: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """A secret vector r (entries in [0, 2^24)) and B r, exact in int64."""
+        self.get(seed_b, n)  # materialises B and its fingerprint on a miss
+        r, br = self._fingerprints[(seed_b, n)]
+        return r, br
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -86,8 +102,11 @@ class BPool:
             b = operand(seed_b, n)
             b.flags.writeable = False
             self._cache[key] = b
+            r = (np.frombuffer(self._random(4 * n), dtype="<u4") >> 8).astype(np.int64)
+            self._fingerprints[key] = (r, b.astype(np.int64) @ r)
             if len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
+                old, _ = self._cache.popitem(last=False)
+                self._fingerprints.pop(old, None)
         else:
             self._cache.move_to_end(key)
         return b
@@ -128,9 +147,12 @@ def verify_opening(
         rows.append(np.frombuffer(encoded, dtype="<i4"))
 
     indices = [o.index for o in openings]
-    expected = product_rows(challenge.seed_a, b_pool.get(challenge.seed_b, n), n, indices)
-    for i, row, want in zip(indices, rows, expected, strict=True):
-        differs = np.flatnonzero(row != want)
-        if differs.size:
-            return Outcome(False, f"row {i} differs from the product at column {differs[0]}")
+    r, br = b_pool.fingerprint(challenge.seed_b, n)
+    a_rows = matrix_rows(challenge.seed_a, n, indices).astype(np.int64)
+    for i, row, a_row in zip(indices, rows, a_rows, strict=True):
+        if int(row.astype(np.int64) @ r) != int(a_row @ br):
+            want = product_rows(challenge.seed_a, b_pool.get(challenge.seed_b, n), n, [i])[0]
+            differs = np.flatnonzero(row != want)
+            column = int(differs[0]) if differs.size else -1
+            return Outcome(False, f"row {i} differs from the product at column {column}")
     return Outcome(True, f"{len(indices)} rows proven and equal to the product")

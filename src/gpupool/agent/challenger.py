@@ -1,0 +1,73 @@
+"""Runs the capability challenges the coordinator sends, one at a time, on a thread of its
+own, so heartbeats and leases never wait for a matrix multiplication."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge, run_pinned
+from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.domain.models import DeviceKind, DeviceSpec
+from gpupool.wire import models as w
+
+log = logging.getLogger("gpupool.agent.challenger")
+
+
+class Challenger:
+    def __init__(self, link: CoordinatorLink, devices: list[DeviceSpec] | None = None) -> None:
+        self.link = link
+        self.specs = {d.local_name: d for d in devices or []}
+        self._queue: queue.Queue[w.ChallengeOut] = queue.Queue()
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def offer(self, challenges: list[w.ChallengeOut]) -> None:
+        with self._lock:
+            for c in challenges:
+                if c.id not in self._seen:
+                    self._seen.add(c.id)
+                    self._queue.put(c)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                challenge = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.solve(challenge)
+
+    def _compute(self, c: w.ChallengeOut) -> ChallengeWork:
+        seed_a, seed_b = int(c.seed_a, 16), int(c.seed_b, 16)
+        spec = self.specs.get(c.device_id.split(":", 1)[-1])
+        if spec is not None and spec.kind is DeviceKind.CPU and spec.cores:
+            return run_pinned(c.n, seed_a, seed_b, spec.cores)  # measured on its own cores
+        return run_challenge(c.n, seed_a, seed_b)
+
+    def solve(self, c: w.ChallengeOut) -> w.ChallengeResultOut | None:
+        try:
+            work = self._compute(c)
+        except Exception as exc:  # any failure to compute is the device's answer
+            log.error(
+                "event=challenge_failed challenge=%s device=%s reason=%s", c.id, c.device_id, exc
+            )
+            try:
+                return self.link.challenge_fail(c.id, f"{type(exc).__name__}: {exc}")
+            except LinkError:
+                return None
+        try:
+            rows = self.link.challenge_answer(c.id, work.root, work.compute_seconds)
+            result = self.link.challenge_open(c.id, open_rows(work, rows))
+        except LinkError as exc:
+            log.warning("event=challenge_not_sent challenge=%s reason=%s", c.id, exc.message)
+            return None
+        log.info(
+            "event=challenge_done challenge=%s device=%s state=%s gflops=%.1f backend=%s",
+            c.id,
+            c.device_id,
+            result.state,
+            (result.flops or 0) / 1e9,
+            work.backend,
+        )
+        return result

@@ -1,0 +1,136 @@
+"""Capability challenges through the API: a device joins the pool only after it proves what
+it is; a wrong answer blocks it, a failure or a too-slow answer makes it unsupported."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge
+from gpupool.crypto.merkle import MerkleTree, row_leaves
+from tests.api.conftest import AgentSim, Api
+
+
+@pytest.fixture
+def renter(api: Api) -> str:
+    return api.account("renter", "renter")
+
+
+def _statuses(api: Api, key: str) -> dict[str, tuple[str, bool]]:
+    workers = api.http.get("/v1/workers", headers=api.as_key(key)).json()
+    return {d["id"]: (d["status"], d["verified"]) for w in workers for d in w["devices"]}
+
+
+def _unsolved(api: Api, **register: Any) -> tuple[AgentSim, str]:
+    key = api.account("supplier", "s")
+    sim = api.agent(key)
+    sim.solve_challenges = False
+    sim.register(devices=1, **register)
+    return sim, key
+
+
+def test_a_new_device_is_bookable_only_after_it_passes(api: Api, renter: str) -> None:
+    sim, key = _unsolved(api)
+    assert _statuses(api, key)[sim.device(0)] == ("idle", False)
+    assert api.book(renter).status_code == 409
+
+    results = sim.solve_pending()
+    assert [r.state for r in results] == ["passed"]
+    assert results[0].flops and results[0].flops > 0
+    assert _statuses(api, key)[sim.device(0)] == ("idle", True)
+    assert api.book(renter).status_code == 201
+
+
+def _answer(sim: AgentSim, work: ChallengeWork) -> Any:
+    challenge = sim.link.heartbeat().challenges[0]
+    rows = sim.link.challenge_answer(challenge.id, work.root, work.compute_seconds)
+    return sim.link.challenge_open(challenge.id, open_rows(work, rows))
+
+
+def _honest_work(sim: AgentSim) -> ChallengeWork:
+    c = sim.link.heartbeat().challenges[0]
+    return run_challenge(c.n, int(c.seed_a, 16), int(c.seed_b, 16), backend="numpy")
+
+
+def test_a_wrong_product_blocks_the_device(api: Api, renter: str) -> None:
+    sim, key = _unsolved(api)
+    work = _honest_work(sim)
+    wrong = work.product + np.int32(1)  # every row wrong, consistently committed
+    forged = replace(work, product=wrong, tree=MerkleTree(row_leaves(wrong)))
+    result = _answer(sim, forged)
+    assert result.state == "wrong"
+    assert "differs from the product" in result.reason
+    assert _statuses(api, key)[sim.device(0)][0] == "blocked"
+    assert api.book(renter).status_code == 409
+
+
+def test_rows_that_do_not_match_the_committed_root_block_the_device(api: Api) -> None:
+    sim, key = _unsolved(api)
+    work = _honest_work(sim)
+    other = MerkleTree(row_leaves(work.product[::-1].copy()))
+    result = _answer(sim, replace(work, tree=other))  # root of another matrix
+    assert result.state == "wrong"
+    assert "proof" in result.reason or "differs" in result.reason
+    assert _statuses(api, key)[sim.device(0)][0] == "blocked"
+
+
+def test_an_agent_that_cannot_compute_makes_the_device_unsupported(api: Api) -> None:
+    sim, key = _unsolved(api)
+    challenge = sim.link.heartbeat().challenges[0]
+    result = sim.link.challenge_fail(challenge.id, "CUDA error: out of memory")
+    assert result.state == "failed"
+    assert _statuses(api, key)[sim.device(0)][0] == "unsupported"
+
+
+def test_no_answer_before_the_deadline_makes_the_device_unsupported(api: Api) -> None:
+    sim, key = _unsolved(api)
+    api.clock.advance(api.services.settings.challenge_deadline_seconds + 1)
+    sim.link.heartbeat()  # stays up
+    api.tick()
+    assert _statuses(api, key)[sim.device(0)][0] == "unsupported"
+
+
+def test_a_device_too_slow_for_its_claimed_gpu_model_is_unsupported(api: Api) -> None:
+    key = api.account("supplier", "s")
+    sim = api.agent(key)
+    sim.solve_challenges = False
+    body = {
+        "devices": [
+            {
+                "local_name": "gpu0",
+                "kind": "gpu",
+                "model": "NVIDIA H100 80GB HBM3",
+                "memory_mb": 81559,
+                "price_per_hour": "2.00",
+                "uuid": "GPU-00000000-0000-0000-0000-000000000001",
+            }
+        ]
+    }
+    from gpupool.wire.models import WorkerRegister
+
+    base = {
+        "public_key": sim.identity.public_key_b64,
+        "hostname": "h",
+        "location": {"latitude": 0, "longitude": 0, "region": "r"},
+        "agent_version": "t",
+        "sandbox": "cgroup2",
+    }
+    sim.link.register(WorkerRegister.model_validate({**base, **body}))
+    [result] = sim.solve_pending()  # NumPy on this CPU is nowhere near an H100
+    assert result.state == "failed"
+    assert _statuses(api, key)[f"{sim.worker_id}:gpu0"][0] == "unsupported"
+
+
+def test_a_challenge_belongs_to_its_worker(api: Api) -> None:
+    sim, _ = _unsolved(api)
+    intruder = api.agent(api.account("supplier", "other"))
+    intruder.register(devices=1)
+    challenge = sim.link.heartbeat().challenges[0]
+    from gpupool.agent.link import LinkError
+
+    with pytest.raises(LinkError) as exc:
+        intruder.link.challenge_answer(challenge.id, "0" * 64, 1.0)
+    assert exc.value.status == 404
