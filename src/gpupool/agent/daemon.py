@@ -13,7 +13,9 @@ import threading
 from decimal import Decimal
 
 import gpupool
+from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.prover import Prover
 from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
@@ -41,6 +43,8 @@ class Agent:
         sandboxes: Sandboxes,
         devices: list[DeviceSpec],
         state: AgentState,
+        prover: Prover | None = None,
+        challenger: Challenger | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -48,10 +52,21 @@ class Agent:
         self.sandboxes = sandboxes
         self.devices = devices
         self.state = state
+        self.prover = prover
+        self.challenger = challenger
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered: teardown takes a final sample
+
+    def snapshot(self) -> dict[str, tuple[Sandbox, list[str]]]:
+        """The running leases with their devices on this worker (for the prover's thread)."""
+        with self._lock:
+            return {
+                lease_id: (sandbox, list(self.state.leases[lease_id].devices))
+                for lease_id, sandbox in self.running.items()
+                if lease_id in self.state.leases
+            }
 
     # start-up -------------------------------------------------------------------------
 
@@ -124,10 +139,21 @@ class Agent:
         self.adopt()
         if self.register(stop) is None:
             return
-        poller = threading.Thread(
-            target=self._poll_loop, args=(stop,), name="lease-poll", daemon=True
-        )
-        poller.start()
+        loops = [threading.Thread(target=self._poll_loop, args=(stop,), name="lease-poll")]
+        if self.prover is not None:
+            loops.append(
+                threading.Thread(target=self.prover.run_sampler, args=(stop,), name="sampler")
+            )
+            loops.append(
+                threading.Thread(target=self.prover.run_sender, args=(stop,), name="sender")
+            )
+        if self.challenger is not None:
+            loops.append(
+                threading.Thread(target=self.challenger.run, args=(stop,), name="challenges")
+            )
+        for loop in loops:
+            loop.daemon = True
+            loop.start()
         try:
             while not stop.is_set():
                 try:
@@ -136,7 +162,8 @@ class Agent:
                     self._on_link_error(exc, stop)
                 stop.wait(self.interval)
         finally:
-            poller.join(timeout=1)
+            for loop in loops:
+                loop.join(timeout=1)
             if self.settings.teardown_on_exit:
                 self.teardown_all()
 
@@ -158,6 +185,8 @@ class Agent:
     def apply(self, answer: w.AssignmentsOut) -> None:
         with self._lock:
             self.version = answer.lease_version
+            if self.challenger is not None:
+                self.challenger.offer(answer.challenges)
             self.interval = self.settings.heartbeat_seconds or answer.heartbeat_seconds
             desired = {a.lease_id: a for a in answer.leases}
             for lease_id in [x for x in self.running if x not in desired]:
@@ -173,8 +202,16 @@ class Agent:
         log.info("event=lease_start lease=%s devices=%s", a.lease_id, ",".join(a.local_devices))
         for device in a.local_devices:
             self._report(a.lease_id, device, MemberState.PROVISIONING)
+        cores = sorted(
+            {
+                core
+                for d in self.devices
+                if f"{self.identity.worker_id}:{d.local_name}" in a.local_devices
+                for core in d.cores
+            }
+        )
         try:
-            sandbox = self.sandboxes.create(a.lease_id)
+            sandbox = self.sandboxes.create(a.lease_id, cores)
         except (SandboxError, OSError) as exc:
             log.error("event=lease_sandbox_failed lease=%s reason=%s", a.lease_id, exc)
             for device in a.local_devices:
@@ -183,6 +220,8 @@ class Agent:
         self.running[a.lease_id] = sandbox
         self.state.leases[a.lease_id] = LeaseRecord(sandbox.path, list(a.local_devices))
         self.state.save()
+        if self.prover is not None:
+            self.prover.sample(only_lease=a.lease_id)  # coverage starts at once
         self._report_ready(a)
 
     def _report_ready(self, a: w.AssignmentOut) -> None:
@@ -193,12 +232,19 @@ class Agent:
 
     def _tear_down(self, lease_id: str) -> None:
         sandbox = self.running[lease_id]
+        if self.prover is not None:
+            try:
+                self.prover.finish(lease_id)
+            except Exception:  # the proof must never keep a lease from ending
+                log.exception("event=final_sample_failed lease=%s", lease_id)
         try:
             sandbox.destroy()
         except SandboxError as exc:
             log.error("event=lease_teardown_failed lease=%s reason=%s", lease_id, exc)
             return  # try again on the next answer
         del self.running[lease_id]
+        if self.prover is not None:
+            self.prover.recorder.forget(lease_id)
         record = self.state.leases.pop(lease_id, None)
         self.state.unreported.update((lease_id, d) for d in (record.devices if record else []))
         self.state.save()

@@ -11,20 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.agent.nvml import GpuInfo, load_nvml, probe_gpus
+from gpupool.agent.procs import parse_cpu_list
 from gpupool.domain.models import DeviceKind, DeviceSpec
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """`"0-3,6"` → `[0, 1, 2, 3, 6]` (the kernel's cpulist format)."""
-    cores: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"not a CPU list: {text!r}")
-        cores.update(range(int(low), int(high or low) + 1))
-    return sorted(cores)
 
 
 def cpu_model() -> str:

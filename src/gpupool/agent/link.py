@@ -102,3 +102,29 @@ class CoordinatorLink:
             {"device_id": device_id, "state": state, "reason": reason},
         )
         return str(data["lease_state"])
+
+    def beacon(self) -> w.BeaconOut:
+        return w.BeaconOut.model_validate(self.call("GET", "/v1/agent/beacon"))
+
+    def send_samples(self, batches: w.SamplesIn) -> w.SamplesOut:
+        data = self.call("POST", "/v1/agent/samples", batches.model_dump(mode="json"))
+        return w.SamplesOut.model_validate(data)
+
+    def challenge_answer(self, challenge_id: str, root: str, compute_seconds: float) -> list[int]:
+        body = {"root": root, "compute_seconds": compute_seconds}
+        data = self.call("POST", f"/v1/agent/challenges/{challenge_id}/answer", body)
+        return w.ChallengeRowsOut.model_validate(data).rows
+
+    def challenge_open(
+        self, challenge_id: str, openings: list[dict[str, Any]]
+    ) -> w.ChallengeResultOut:
+        data = self.call(
+            "POST", f"/v1/agent/challenges/{challenge_id}/open", {"openings": openings}
+        )
+        return w.ChallengeResultOut.model_validate(data)
+
+    def challenge_fail(self, challenge_id: str, reason: str) -> w.ChallengeResultOut:
+        data = self.call(
+            "POST", f"/v1/agent/challenges/{challenge_id}/fail", {"reason": reason[:2000]}
+        )
+        return w.ChallengeResultOut.model_validate(data)

@@ -6,12 +6,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
+from gpupool.agent.challenger import Challenger
 from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
+from gpupool.agent.guard import Guard
 from gpupool.agent.link import CoordinatorLink
-from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root
+from gpupool.agent.nvml import load_nvml
+from gpupool.agent.prover import Prover
+from gpupool.agent.recorder import ChainStore, Recorder
+from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, lock_state_dir
 from gpupool.crypto.identity import load_or_create
@@ -22,6 +28,7 @@ log = logging.getLogger("gpupool.agent")
 
 IDENTITY_FILE = "identity.key"
 STATE_FILE = "leases.json"
+CHAINS_FILE = "chains.json"
 
 
 def run_agent(settings: AgentSettings) -> None:
@@ -39,7 +46,7 @@ def run_agent(settings: AgentSettings) -> None:
         )
         if all(d.kind is DeviceKind.CPU for d in devices):
             log.info("event=no_gpu note=offering %d CPU devices (NVML found no GPU)", len(devices))
-        sandboxes = Sandboxes(identity.worker_id, find_cgroup2_root())
+        sandboxes = Sandboxes(identity.worker_id, find_cgroup2_root(), find_cpuset_root())
         if sandboxes.kind != "cgroup2":
             log.warning("event=no_cgroup2 note=leases are isolated by process group only")
         link = CoordinatorLink(settings.coordinator_url, identity, settings.supplier_key)
@@ -50,7 +57,23 @@ def run_agent(settings: AgentSettings) -> None:
             sandboxes,
             devices,
             AgentState.load(settings.state_dir / STATE_FILE),
+            challenger=Challenger(link, devices),
         )
+        recorder = Recorder(
+            link,
+            identity,
+            ChainStore(settings.state_dir / CHAINS_FILE),
+            now_ms=lambda: round(time.time() * 1000),
+        )
+        nvml = load_nvml() if any(d.kind is DeviceKind.GPU for d in devices) else None
+        if nvml is not None:
+            nvml.nvmlInit()  # the guard lists each GPU's processes through it
+        guard = Guard(
+            allow_exes=settings.guard_allow_exes,
+            allow_cgroups=settings.guard_allow_cgroups,
+            nvml=nvml,
+        )
+        agent.prover = Prover(guard, recorder, devices, agent.snapshot)
         stop = threading.Event()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:

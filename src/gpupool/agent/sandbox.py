@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gpupool.agent.procs import parse_cpu_list
+
 KILL_WAIT_SECONDS = 10.0
 
 
@@ -49,6 +51,12 @@ class Sandbox(Protocol):
 
     def destroy(self) -> None:
         """Kill every process of the lease, wait until none is left, remove the sandbox."""
+        ...
+
+    @property
+    def confinement(self) -> str:
+        """How the lease is held to its cores: cgroup2-cpuset, cgroup1-cpuset, affinity or
+        none (no cores given)."""
         ...
 
 
@@ -98,28 +106,104 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def find_cpuset_root() -> Path | None:
+    """A writable v1 cpuset hierarchy (a v1/v2 hybrid keeps cpuset there), if any."""
+    root = Path("/sys/fs/cgroup/cpuset")
+    if (root / "cpuset.cpus").exists() and os.access(root, os.W_OK):
+        return root
+    return None
+
+
+def _cpu_list(cores: Sequence[int]) -> str:
+    return ",".join(str(c) for c in sorted(cores))
+
+
+def _enter_then_exec(procs: Sequence[Path], argv: Sequence[str]) -> list[str]:
+    """A /bin/sh command line that writes its own pid into each cgroup.procs, then execs."""
+    if len(procs) == 1:
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs[0]), *argv]
+    script = 'echo $$ > "$0" && echo $$ > "$1" && shift && exec "$@"'
+    return ["/bin/sh", "-c", script, str(procs[0]), str(procs[1]), *argv]
+
+
+def _v2_cpuset(root: Path, directory: Path, cores: Sequence[int]) -> bool:
+    """Confine a v2 lease cgroup to `cores` where the unified hierarchy has cpuset."""
+    parent_controllers = root.parent / "cgroup.controllers"
+    try:
+        if "cpuset" not in parent_controllers.read_text().split():
+            return False
+        for level in (root.parent, root):
+            (level / "cgroup.subtree_control").write_text("+cpuset")
+        (directory / "cpuset.cpus").write_text(_cpu_list(cores))
+    except OSError:
+        return False
+    return True
+
+
+def _v1_cpuset(directory: Path, cores: Sequence[int]) -> Path | None:
+    """A v1 cpuset cgroup for the lease (a v1/v2 hybrid): parents inherit the root's mems."""
+    try:
+        for level in (directory.parent, directory):
+            level.mkdir(exist_ok=True)
+            mems = (level.parent / "cpuset.mems").read_text().strip()
+            if not (level / "cpuset.mems").read_text().strip():
+                (level / "cpuset.mems").write_text(mems)
+            if level == directory.parent and not (level / "cpuset.cpus").read_text().strip():
+                (level / "cpuset.cpus").write_text((level.parent / "cpuset.cpus").read_text())
+        (directory / "cpuset.cpus").write_text(_cpu_list(cores))
+    except OSError:
+        return None
+    return directory
+
+
 @dataclass
 class CgroupSandbox:
     lease_id: str
     directory: Path
+    cores: tuple[int, ...] = ()
+    cpuset_dir: Path | None = None  # v1 cpuset cgroup holding the lease's cores
+    v2_cpuset: bool = False
+
+    @property
+    def confinement(self) -> str:
+        if not self.cores:
+            return "none"
+        if self.v2_cpuset:
+            return "cgroup2-cpuset"
+        return "cgroup1-cpuset" if self.cpuset_dir is not None else "affinity"
 
     @property
     def path(self) -> str:
         return str(self.directory)
 
     @classmethod
-    def create(cls, root: Path, lease_id: str) -> CgroupSandbox:
+    def create(
+        cls,
+        root: Path,
+        lease_id: str,
+        cores: Sequence[int] = (),
+        cpuset_root: Path | None = None,
+    ) -> CgroupSandbox:
         directory = root / lease_id
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SandboxError(f"cannot create cgroup {directory}: {exc}") from exc
-        return cls(lease_id, directory)
+        box = cls(lease_id, directory, tuple(sorted(cores)))
+        if cores:
+            box.v2_cpuset = _v2_cpuset(root, directory, cores)
+            if not box.v2_cpuset and cpuset_root is not None:
+                box.cpuset_dir = _v1_cpuset(cpuset_root / root.name / lease_id, cores)
+        return box
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-        # The child enters the cgroup itself, before exec, so nothing it starts can escape.
-        procs = self.directory / "cgroup.procs"
-        wrapper = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *argv]
+        # The child enters the cgroups itself, before exec, so nothing it starts can escape.
+        procs = [self.directory / "cgroup.procs"]
+        if self.cpuset_dir is not None:
+            procs.append(self.cpuset_dir / "cgroup.procs")
+        if self.confinement == "affinity":
+            argv = ["taskset", "-c", _cpu_list(self.cores), *argv]
+        wrapper = _enter_then_exec(procs, argv)
         proc = subprocess.Popen(
             wrapper,
             env=env,
@@ -138,6 +222,22 @@ class CgroupSandbox:
                 raise SandboxError(f"process {proc.pid} did not enter {self.directory}")
             time.sleep(0.001)
         return proc.pid
+
+    def _remove_cpuset(self) -> None:
+        if self.cpuset_dir is None:
+            return
+        for _ in range(100):
+            try:
+                self.cpuset_dir.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # the last tasks are still leaving
+                time.sleep(0.02)
+        raise SandboxError(f"cannot remove cpuset cgroup {self.cpuset_dir}")
+
+    def owns(self, pid: int) -> bool:
+        return pid in self.pids()
 
     def pids(self) -> set[int]:
         try:
@@ -163,8 +263,10 @@ class CgroupSandbox:
             else:
                 try:
                     self.directory.rmdir()
+                    self._remove_cpuset()
                     return
                 except FileNotFoundError:
+                    self._remove_cpuset()
                     return
                 except OSError:  # busy: exiting tasks not yet reaped, or a late arrival
                     pass
@@ -180,14 +282,24 @@ class ProcessGroupSandbox:
 
     lease_id: str
     pgid: int | None = None
+    cores: tuple[int, ...] = ()
 
     @property
     def path(self) -> str:
         return f"pgid:{self.pgid}" if self.pgid else "pgid:-"
 
+    @property
+    def confinement(self) -> str:
+        return "affinity" if self.cores else "none"
+
+    def owns(self, pid: int) -> bool:
+        return pid in self.pids()
+
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         # The first process leads a new group (in the agent's session, so that later ones may
         # join it: a process cannot join a group of another session).
+        if self.cores:
+            argv = ["taskset", "-c", _cpu_list(self.cores), *argv]
         proc = subprocess.Popen(
             list(argv),
             env=env,
@@ -240,19 +352,23 @@ def _reap() -> None:
 class Sandboxes:
     """Makes and re-attaches lease sandboxes of one worker, by the best means available."""
 
-    def __init__(self, worker_id: str, cgroup_root: Path | None) -> None:
+    def __init__(
+        self, worker_id: str, cgroup_root: Path | None, cpuset_root: Path | None = None
+    ) -> None:
         self.root = cgroup_root / f"gpupool-{worker_id}" if cgroup_root else None
+        self.cpuset_root = cpuset_root
 
     @property
     def kind(self) -> str:
         return "cgroup2" if self.root else "process-group"
 
-    def create(self, lease_id: str) -> Sandbox:
+    def create(self, lease_id: str, cores: Sequence[int] = ()) -> Sandbox:
+        """A sandbox for the lease, holding its processes to `cores` (CPU devices)."""
         sandbox: Sandbox
         if self.root is not None:
-            sandbox = CgroupSandbox.create(self.root, lease_id)
+            sandbox = CgroupSandbox.create(self.root, lease_id, cores, self.cpuset_root)
         else:
-            sandbox = ProcessGroupSandbox(lease_id)
+            sandbox = ProcessGroupSandbox(lease_id, cores=tuple(sorted(cores)))
         sandbox.spawn(_lease_init_argv())
         return sandbox
 
@@ -260,17 +376,27 @@ class Sandboxes:
         """The sandbox of a lease recorded before a restart, if it still exists."""
         if path.startswith("pgid:"):
             pgid = path.removeprefix("pgid:")
-            box = ProcessGroupSandbox(lease_id, int(pgid) if pgid.isdigit() else None)
-            return box if box.pids() else None
+            group = ProcessGroupSandbox(lease_id, int(pgid) if pgid.isdigit() else None)
+            return group if group.pids() else None
         directory = Path(path)
-        return CgroupSandbox(lease_id, directory) if directory.is_dir() else None
+        if not directory.is_dir():
+            return None
+        box = CgroupSandbox(lease_id, directory)
+        if self.cpuset_root is not None and self.root is not None:
+            cpuset = self.cpuset_root / self.root.name / lease_id
+            if cpuset.is_dir():
+                box.cpuset_dir = cpuset
+                box.cores = tuple(parse_cpu_list((cpuset / "cpuset.cpus").read_text()))
+        return box
 
     def leftovers(self, known: set[str]) -> list[Sandbox]:
         """Lease cgroups on disk that no record names (a crash between create and save)."""
         if self.root is None or not self.root.is_dir():
             return []
-        return [
-            CgroupSandbox(d.name, d)
-            for d in self.root.iterdir()
-            if d.is_dir() and d.name not in known
-        ]
+        found: list[Sandbox] = []
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and d.name not in known:
+                box = self.attach(d.name, str(d))
+                if box is not None:
+                    found.append(box)
+        return found

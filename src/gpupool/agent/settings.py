@@ -28,3 +28,6 @@ class AgentSettings:
     # Tear down running leases when the agent exits (the local network uses this; a real
     # agent keeps leases running across its own restarts).
     teardown_on_exit: bool = False
+    # The guard's explicit allow-list beyond kernel threads, pid 1 and the agent itself.
+    guard_allow_exes: tuple[str, ...] = ()
+    guard_allow_cgroups: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,10 @@ from rich.console import Console
 
 from gpupool.cli.clusters import wait_for_state
 from gpupool.cli.common import err, out, print_json, table, when
+from gpupool.cli.proof import summary as proof_summary
 from gpupool.client import Client
 from gpupool.localnet import LocalNetwork
+from gpupool.wire.models import ClusterOut, WorkerOut
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -90,6 +93,7 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
         )
         cluster = gp.extend(cluster.id, 1)
         say.print(f"• extended by 1 h: now ends {when(cluster.t2)}")
+        intrusion = _intrude(cluster, workers, say)
         stopping = time.monotonic()
         gp.terminate(cluster.id)
         cluster = wait_for_state(gp, cluster.id, ("ended",), 120, quiet)
@@ -98,6 +102,7 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
             f"• terminated: {cluster.id} is [bold]{cluster.state}[/bold] after "
             f"{to_end:.1f} s; every device is back in the pool"
         )
+        cert = gp.proof(cluster.id)
     say.print(
         table(
             "lease history",
@@ -105,6 +110,14 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
             [(when(e.at), e.state, e.note) for e in cluster.events],
         )
     )
+    potl = proof_summary(cert.body)
+    say.print(
+        f"• Proof of Time-Lock: verdict [bold]{potl['verdict']}[/bold], coverage "
+        f"{potl['coverage']:.4f}, {potl['violations']} violation(s), payout fraction "
+        f"{potl['payout_fraction']:.4f} (signed by the coordinator)"
+    )
+    for reason in cert.body.get("reasons", []):
+        say.print(f"  - {reason}")
     return {
         "cluster_id": cluster.id,
         "lease_id": cluster.lease_id,
@@ -115,4 +128,35 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
         "workers": len(workers),
         "seconds_to_ready": round(to_ready, 3),
         "seconds_to_ended": round(to_end, 3),
+        "potl": {**potl, "foreign_process": intrusion},
     }
+
+
+def _intrude(cluster: ClusterOut, workers: list[WorkerOut], say: Console) -> dict[str, Any]:
+    """Play a cheating supplier: start a process pinned to a leased core, and time how long
+    the guard lets it live."""
+    devices = {d.id: d for w in workers for d in w.devices}
+    target = devices[cluster.members[0].device_id]
+    core = target.cores[0]
+    started = time.monotonic()
+    intruder = subprocess.Popen(
+        ["taskset", "-c", str(core), "sleep", "600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    say.print(
+        f"• started a foreign process (pid {intruder.pid}) on core {core}, leased as {target.id}"
+    )
+    try:
+        intruder.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        intruder.kill()
+        intruder.wait()
+        say.print("• [red]the guard did not kill it within 15 s[/red]; killed it myself")
+        return {"pid": intruder.pid, "killed_by_guard": False}
+    lived = time.monotonic() - started
+    say.print(f"• the guard killed it after {lived:.2f} s (signal {-intruder.returncode})")
+    time.sleep(1.5)  # let the lease run on a little after the intrusion
+    return {"pid": intruder.pid, "killed_by_guard": True, "lived_seconds": round(lived, 3)}

@@ -66,6 +66,18 @@ def coordinator_serve(
     provision_deadline: Annotated[
         float, typer.Option(min=1, help="Seconds a lease may take to become ready before it fails.")
     ] = 300.0,
+    epoch_seconds: Annotated[
+        float, typer.Option(min=0.5, help="Proof of Time-Lock: a new beacon every epoch.")
+    ] = 10.0,
+    sample_interval: Annotated[
+        float, typer.Option(min=0.05, help="Proof of Time-Lock: agents sample this often.")
+    ] = 1.0,
+    challenge_size: Annotated[
+        int, typer.Option(min=16, max=4096, help="Capability challenge matrix size n.")
+    ] = 2048,
+    challenge_every: Annotated[
+        float, typer.Option(min=0, help="Re-challenge idle devices this often (s; 0: never).")
+    ] = 6 * 3600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the coordinator's /v1 API (migrating the database first)."""
@@ -73,7 +85,7 @@ def coordinator_serve(
     from gpupool.coordinator.server import serve
     from gpupool.coordinator.settings import CoordinatorSettings
     from gpupool.crypto.apikeys import new_api_key
-    from gpupool.crypto.identity import KeyFileError, read_secret, write_secret
+    from gpupool.crypto.identity import KeyFileError, load_or_create, read_secret, write_secret
 
     host, port = _host_port(listen)
     key_file = admin_key_file or state_dir / "admin.key"
@@ -82,6 +94,7 @@ def coordinator_serve(
         err.print(f"created the admin key in {key_file} (mode 0600)")
     try:
         admin_key = read_secret(key_file).decode().strip()
+        signer, created = load_or_create(state_dir / "coordinator.key")
     except (KeyFileError, OSError) as exc:
         raise CliError(str(exc), 2) from exc
     settings = CoordinatorSettings(
@@ -90,7 +103,14 @@ def coordinator_serve(
         heartbeat_seconds=heartbeat_seconds,
         hour_seconds=hour_seconds,
         provision_deadline_seconds=provision_deadline,
+        signing_key=signer.private_bytes(),
+        epoch_seconds=epoch_seconds,
+        sample_interval_seconds=sample_interval,
+        challenge_size=challenge_size,
+        challenge_every_seconds=challenge_every,
     )
+    if created:
+        err.print(f"created the coordinator's signing key in {state_dir / 'coordinator.key'}")
     try:
         serve(settings, host, port)
     except Exception as exc:  # a bad URL, an unreachable database: say so, briefly
@@ -137,6 +157,14 @@ def agent_run(
         bool,
         typer.Option(hidden=True, help="End running leases when the agent stops (local network)."),
     ] = False,
+    guard_allow_exe: Annotated[
+        list[str] | None,
+        typer.Option(help="Never kill this executable (absolute path; repeat) on leased devices."),
+    ] = None,
+    guard_allow_cgroup: Annotated[
+        list[str] | None,
+        typer.Option(help="Never kill processes in cgroups under this v2 path (repeat)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -171,6 +199,8 @@ def agent_run(
         cpu_price=cpu_price,
         heartbeat_seconds=heartbeat_seconds,
         teardown_on_exit=teardown_on_exit,
+        guard_allow_exes=tuple(guard_allow_exe or ()),
+        guard_allow_cgroups=tuple(guard_allow_cgroup or ()),
     )
     try:
         run_agent(settings)

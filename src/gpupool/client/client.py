@@ -101,3 +101,13 @@ class Client:
     def terminate(self, cluster_id: str) -> w.ClusterOut:
         data = self._call("POST", f"/v1/clusters/{cluster_id}/terminate")
         return w.ClusterOut.model_validate(data)
+
+    # Proof of Time-Lock -------------------------------------------------------------------
+
+    def proof(self, cluster_id: str) -> w.CertificateOut:
+        data = self._call("GET", f"/v1/clusters/{cluster_id}/proof")
+        return w.CertificateOut.model_validate(data)
+
+    def proof_export(self, cluster_id: str) -> w.ProofExportOut:
+        data = self._call("GET", f"/v1/clusters/{cluster_id}/proof/export")
+        return w.ProofExportOut.model_validate(data)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpupool.domain.liveness import DEFAULT_HEARTBEAT_SECONDS
 
@@ -19,3 +19,14 @@ class CoordinatorSettings:
     max_body_bytes: int = 1 << 20
     long_poll_max_seconds: float = 30.0
     long_poll_check_seconds: float = 0.2
+    # The coordinator's Ed25519 private key (raw 32 bytes): signs certificates and keys the
+    # beacons. Empty means a new key for this process only (tests).
+    signing_key: bytes = field(default=b"", repr=False)
+    epoch_seconds: float = 10.0
+    sample_interval_seconds: float = 1.0
+    # Capability challenges: matrix size n, rows opened, how often idle devices are
+    # re-challenged (0: only once), and how long an agent has to finish one.
+    challenge_size: int = 2048
+    challenge_rows: int = 8
+    challenge_every_seconds: float = 6 * 3600.0
+    challenge_deadline_seconds: float = 300.0

@@ -78,6 +78,9 @@ class LocalNetwork:
     hour_seconds: float = 3600.0
     heartbeat_seconds: float = 10.0
     cpu_group_size: int = 1
+    epoch_seconds: float = 10.0
+    sample_interval: float = 1.0
+    challenge_size: int = 512
     db_url: str | None = None
     python: str = sys.executable
     admin_key: str = field(default_factory=lambda: new_api_key("admin"), repr=False)
@@ -132,6 +135,10 @@ class LocalNetwork:
             "--admin-key-file": str(key_file),
             "--hour-seconds": str(self.hour_seconds),
             "--heartbeat-seconds": str(self.heartbeat_seconds),
+            "--state-dir": str(self.state_dir / "coordinator"),
+            "--epoch-seconds": str(self.epoch_seconds),
+            "--sample-interval": str(self.sample_interval),
+            "--challenge-size": str(self.challenge_size),
         }
         self._coordinator = self._spawn("coordinator", ["coordinator", "serve", *_flat(options)])
         on_step(f"coordinator starting on {self.url} (SQLite in {self.state_dir})")
@@ -166,6 +173,9 @@ class LocalNetwork:
             "--cpu-group-size": str(self.cpu_group_size),
         }
         args = ["agent", "run", *_flat(options)]
+        # These agents stand for separate machines but share this machine's cores: each
+        # must leave the others' lease processes alone.
+        args += ["--guard-allow-cgroup", "/gpupool-"]
         if teardown_on_exit:
             args.append("--teardown-on-exit")
         self._agents[index] = self._spawn(

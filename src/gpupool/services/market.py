@@ -112,7 +112,7 @@ class Market:
 
     def get(self, renter: Account, cluster_id: str) -> ClusterView:
         with self._db.transaction() as tx:
-            return _view(tx, _own_cluster(tx, renter, cluster_id))
+            return _view(tx, own_cluster(tx, renter, cluster_id))
 
     def clusters(self, renter: Account) -> list[ClusterView]:
         _require_renter(renter)
@@ -121,7 +121,7 @@ class Market:
 
     def extend(self, renter: Account, cluster_id: str, hours: int) -> ClusterView:
         with self._db.transaction() as tx:
-            cluster = _own_cluster(tx, renter, cluster_id)
+            cluster = own_cluster(tx, renter, cluster_id)
             lease = _locked_lease(tx, cluster.id)
             t2 = rules.extend(lease.state, lease.t2, hours, self.hour_seconds)
             now = self._clock.now()
@@ -132,7 +132,7 @@ class Market:
 
     def terminate(self, renter: Account, cluster_id: str) -> ClusterView:
         with self._db.transaction() as tx:
-            cluster = _own_cluster(tx, renter, cluster_id)
+            cluster = own_cluster(tx, renter, cluster_id)
             lease = _locked_lease(tx, cluster.id)
             self._move(tx, lease, rules.terminate(lease.state), "terminated by the renter")
             return _view(tx, cluster)
@@ -255,7 +255,7 @@ def _require_renter(account: Account) -> None:
         raise Forbidden("only a renter account can book and manage clusters")
 
 
-def _own_cluster(tx: Transaction, renter: Account, cluster_id: str) -> Cluster:
+def own_cluster(tx: Transaction, renter: Account, cluster_id: str) -> Cluster:
     _require_renter(renter)
     cluster = tx.leases.cluster(cluster_id)
     if cluster is None or cluster.renter_id != renter.id:

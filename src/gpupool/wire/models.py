@@ -104,6 +104,8 @@ class DeviceOut(Response):
     cores: list[int]
     driver_version: str | None
     cuda_version: str | None
+    verified: bool = Field(description="Passed its latest capability challenge.")
+    gflops: float | None = Field(description="Throughput measured by that challenge.")
 
 
 class WorkerOut(Response):
@@ -145,10 +147,52 @@ class AssignmentOut(Response):
     members: list[MemberOut]
 
 
+class ChallengeOut(Response):
+    """A capability challenge for one idle device: multiply the matrices the seeds name."""
+
+    id: str
+    device_id: str
+    n: int
+    seed_a: str
+    seed_b: str
+
+
 class AssignmentsOut(Response):
     lease_version: int
     heartbeat_seconds: float
     leases: list[AssignmentOut]
+    challenges: list[ChallengeOut] = Field(default_factory=list)
+
+
+class ChallengeAnswerIn(Request):
+    root: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    compute_seconds: float = Field(gt=0, le=86400)
+
+
+class ChallengeRowsOut(Response):
+    rows: list[int] = Field(description="Open these rows of the product, with Merkle proofs.")
+
+
+class OpeningIn(Request):
+    index: int = Field(strict=True, ge=0)
+    values: list[int] = Field(max_length=8192)
+    proof: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(max_length=64)
+
+
+class ChallengeOpenIn(Request):
+    openings: list[OpeningIn] = Field(min_length=1, max_length=64)
+
+
+class ChallengeFailIn(Request):
+    reason: Text
+
+
+class ChallengeResultOut(Response):
+    id: str
+    device_id: str
+    state: str = Field(description="passed, failed (device unsupported) or wrong (blocked).")
+    reason: str
+    flops: float | None
 
 
 class MemberReport(Request):
@@ -201,3 +245,65 @@ class ClusterOut(Response):
     request: dict[str, Any]
     members: list[MemberOut]
     events: list[EventOut]
+
+
+# Proof of Time-Lock -------------------------------------------------------------------------
+
+HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class BeaconOut(Response):
+    number: int = Field(description="Beacon b is issued at b * epoch_ms (Unix ms).")
+    value: str
+    epoch_ms: int
+    interval_ms: int = Field(description="How often agents sample each leased device.")
+
+
+class SampleBatchIn(Request):
+    lease_id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    device_id: Annotated[str, StringConstraints(min_length=1, max_length=96)]
+    samples: list[dict[str, Any]] = Field(min_length=1, max_length=1200)
+    signature: Annotated[str, StringConstraints(min_length=80, max_length=100)] = Field(
+        description="Base64 Ed25519 over the batch message naming the last sample's hash."
+    )
+
+
+class SamplesIn(Request):
+    batches: list[SampleBatchIn] = Field(min_length=1, max_length=256)
+
+
+class BatchResultOut(Response):
+    lease_id: str
+    device_id: str
+    accepted: int
+    head_seq: int | None = Field(description="The coordinator's chain head after this batch.")
+    head_hash: str | None
+    refused: str | None = Field(description="A stable code when the batch was refused.")
+    reason: str
+
+
+class SamplesOut(Response):
+    results: list[BatchResultOut]
+    beacon: BeaconOut
+
+
+class CertificateOut(Response):
+    lease_id: str
+    cluster_id: str
+    body: dict[str, Any] = Field(description="Exactly what the signature covers.")
+    signature: str
+    coordinator_key: str
+
+
+class BatchSignatureOut(Response):
+    device_id: str
+    last_seq: int
+    last_hash: str
+    signature: str
+
+
+class ProofExportOut(Response):
+    certificate: CertificateOut
+    samples: dict[str, list[dict[str, Any]]] = Field(description="Per device, in chain order.")
+    batches: list[BatchSignatureOut]
+    worker_keys: dict[str, str]

@@ -13,17 +13,26 @@ from gpupool.coordinator.api import convert
 from gpupool.coordinator.api.deps import ServicesDep, SignedDep, SupplierDep, WorkerDep
 from gpupool.domain.models import DeviceSpec, Location
 from gpupool.domain.money import to_micros
+from gpupool.services.capability import Opening
+from gpupool.services.ports import ChallengeRecord
 from gpupool.services.registry import Assignment, Registration
+from gpupool.services.timelock import BatchIn
 from gpupool.wire import models as w
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
 
-def _assignments(svc: ServicesDep, version: int, leases: list[Assignment]) -> w.AssignmentsOut:
+def _assignments(
+    svc: ServicesDep, worker_id: str, version: int, leases: list[Assignment]
+) -> w.AssignmentsOut:
     return w.AssignmentsOut(
         lease_version=version,
         heartbeat_seconds=svc.settings.heartbeat_seconds,
         leases=[convert.assignment(a) for a in leases],
+        challenges=[
+            w.ChallengeOut(id=c.id, device_id=c.device_id, n=c.n, seed_a=c.seed_a, seed_b=c.seed_b)
+            for c in svc.challenges.pending(worker_id)
+        ],
     )
 
 
@@ -57,13 +66,15 @@ async def register(
         agent_version=body.agent_version,
         sandbox=body.sandbox,
     )
-    return convert.worker(await run_in_threadpool(svc.registry.register, supplier, reg))
+    view = await run_in_threadpool(svc.registry.register, supplier, reg)
+    await run_in_threadpool(svc.challenges.issue_due, view.worker.id)
+    return convert.worker(view)
 
 
 @router.post("/heartbeat")
 async def heartbeat(worker_id: WorkerDep, svc: ServicesDep) -> w.AssignmentsOut:
     version, leases = await run_in_threadpool(svc.registry.heartbeat, worker_id)
-    return _assignments(svc, version, leases)
+    return await run_in_threadpool(_assignments, svc, worker_id, version, leases)
 
 
 @router.get("/leases")
@@ -81,7 +92,7 @@ async def leases(
             break
         await asyncio.sleep(svc.settings.long_poll_check_seconds)
     current, active = await run_in_threadpool(svc.registry.assignments, worker_id)
-    return _assignments(svc, current, active)
+    return await run_in_threadpool(_assignments, svc, worker_id, current, active)
 
 
 @router.post("/leases/{lease_id}/members")
@@ -92,3 +103,72 @@ async def report_member(
         svc.market.report, worker_id, lease_id, body.device_id, body.state, body.reason
     )
     return w.MemberReportOut(lease_state=state)
+
+
+def _beacon(svc: ServicesDep) -> w.BeaconOut:
+    b = svc.timelock.beacon()
+    return w.BeaconOut(
+        number=b.number, value=b.value, epoch_ms=b.epoch_ms, interval_ms=b.interval_ms
+    )
+
+
+@router.get("/beacon")
+async def beacon(_: WorkerDep, svc: ServicesDep) -> w.BeaconOut:
+    """The current beacon: samples name it to prove they were not made before it existed."""
+    return _beacon(svc)
+
+
+@router.post("/samples")
+async def samples(body: w.SamplesIn, worker_id: WorkerDep, svc: ServicesDep) -> w.SamplesOut:
+    """Signed, hash-chained sample batches; each is accepted whole or refused with a code."""
+    batches = [BatchIn(b.lease_id, b.device_id, b.samples, b.signature) for b in body.batches]
+    results = await run_in_threadpool(svc.timelock.accept, worker_id, batches)
+    return w.SamplesOut(
+        results=[
+            w.BatchResultOut(
+                lease_id=r.lease_id,
+                device_id=r.device_id,
+                accepted=r.accepted,
+                head_seq=r.head_seq,
+                head_hash=r.head_hash,
+                refused=r.refused,
+                reason=r.reason,
+            )
+            for r in results
+        ],
+        beacon=_beacon(svc),
+    )
+
+
+def _challenge_result(c: ChallengeRecord) -> w.ChallengeResultOut:
+    return w.ChallengeResultOut(
+        id=c.id, device_id=c.device_id, state=c.state, reason=c.reason, flops=c.flops
+    )
+
+
+@router.post("/challenges/{challenge_id}/answer")
+async def challenge_answer(
+    challenge_id: str, body: w.ChallengeAnswerIn, worker_id: WorkerDep, svc: ServicesDep
+) -> w.ChallengeRowsOut:
+    """Commit to the product's Merkle root; the answer names the rows to open."""
+    rows = await run_in_threadpool(
+        svc.challenges.answer, worker_id, challenge_id, body.root, body.compute_seconds
+    )
+    return w.ChallengeRowsOut(rows=rows)
+
+
+@router.post("/challenges/{challenge_id}/open")
+async def challenge_open(
+    challenge_id: str, body: w.ChallengeOpenIn, worker_id: WorkerDep, svc: ServicesDep
+) -> w.ChallengeResultOut:
+    openings = [Opening(o.index, o.values, o.proof) for o in body.openings]
+    result = await run_in_threadpool(svc.challenges.open, worker_id, challenge_id, openings)
+    return _challenge_result(result)
+
+
+@router.post("/challenges/{challenge_id}/fail")
+async def challenge_fail(
+    challenge_id: str, body: w.ChallengeFailIn, worker_id: WorkerDep, svc: ServicesDep
+) -> w.ChallengeResultOut:
+    result = await run_in_threadpool(svc.challenges.fail, worker_id, challenge_id, body.reason)
+    return _challenge_result(result)

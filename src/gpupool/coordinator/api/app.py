@@ -20,12 +20,15 @@ from gpupool.coordinator.api import accounts, agents, clusters, errors, workers
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
+from gpupool.crypto.identity import Identity
 from gpupool.domain.placement import FirstFit, Placement
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth
+from gpupool.services.challenges import Challenges
 from gpupool.services.market import Market
 from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.registry import Registry
+from gpupool.services.timelock import TimeLock
 
 log = logging.getLogger("gpupool.coordinator")
 
@@ -45,7 +48,28 @@ def build_services(
             settings.hour_seconds,
             settings.provision_deadline_seconds,
         ),
+        challenges=Challenges(
+            db,
+            clock,
+            size=settings.challenge_size,
+            rows=settings.challenge_rows,
+            every_seconds=settings.challenge_every_seconds,
+            deadline_seconds=settings.challenge_deadline_seconds,
+        ),
+        timelock=TimeLock(
+            db,
+            clock,
+            _signer(settings),
+            epoch_seconds=settings.epoch_seconds,
+            interval_seconds=settings.sample_interval_seconds,
+        ),
     )
+
+
+def _signer(settings: CoordinatorSettings) -> Identity:
+    if not settings.signing_key:
+        return Identity.generate()
+    return Identity.from_private_bytes(settings.signing_key)
 
 
 def tick(svc: Services) -> None:
@@ -53,6 +77,10 @@ def tick(svc: Services) -> None:
     if down:
         log.warning("event=workers_down workers=%s", ",".join(down))
     svc.market.tick()
+    svc.challenges.issue_due()
+    certified = svc.timelock.certify_due()
+    if certified:
+        log.info("event=certified leases=%s", ",".join(certified))
     svc.auth.forget_old_nonces()
 
 

@@ -9,6 +9,7 @@ from gpupool.coordinator.api import convert
 from gpupool.coordinator.api.deps import RenterDep, ServicesDep
 from gpupool.domain.models import BookingRequest
 from gpupool.domain.money import to_micros
+from gpupool.services.timelock import SignedCertificate
 from gpupool.wire import models as w
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
@@ -54,3 +55,41 @@ async def extend(
 @router.post("/{cluster_id}/terminate")
 async def terminate(cluster_id: str, renter: RenterDep, svc: ServicesDep) -> w.ClusterOut:
     return convert.cluster(await run_in_threadpool(svc.market.terminate, renter, cluster_id))
+
+
+def _certificate(cert: SignedCertificate) -> w.CertificateOut:
+    return w.CertificateOut(
+        lease_id=cert.lease_id,
+        cluster_id=cert.cluster_id,
+        body=cert.body,
+        signature=cert.signature,
+        coordinator_key=cert.coordinator_key,
+    )
+
+
+@router.get("/{cluster_id}/proof")
+async def proof(cluster_id: str, renter: RenterDep, svc: ServicesDep) -> w.CertificateOut:
+    """The signed Proof of Time-Lock certificate (409 until the lease has ended)."""
+    cert = await run_in_threadpool(svc.timelock.certificate, renter, cluster_id)
+    return _certificate(cert)
+
+
+@router.get("/{cluster_id}/proof/export")
+async def proof_export(cluster_id: str, renter: RenterDep, svc: ServicesDep) -> w.ProofExportOut:
+    """The certificate with every sample, batch signature and public key needed to re-verify
+    it offline."""
+    bundle = await run_in_threadpool(svc.timelock.export, renter, cluster_id)
+    return w.ProofExportOut(
+        certificate=_certificate(bundle.certificate),
+        samples=bundle.samples,
+        batches=[
+            w.BatchSignatureOut(
+                device_id=device_id,
+                last_seq=b.last_seq,
+                last_hash=b.last_hash,
+                signature=b.signature,
+            )
+            for device_id, b in bundle.batches
+        ],
+        worker_keys=bundle.worker_keys,
+    )

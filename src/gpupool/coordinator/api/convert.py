@@ -42,6 +42,8 @@ def device(d: Device) -> w.DeviceOut:
         cores=list(s.cores),
         driver_version=s.driver_version,
         cuda_version=s.cuda_version,
+        verified=d.verified,
+        gflops=round(d.flops / 1e9, 3) if d.flops is not None else None,
     )
 
 

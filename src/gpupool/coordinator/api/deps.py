@@ -13,8 +13,10 @@ from gpupool.crypto import requests as signed
 from gpupool.domain.models import Account, Role
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth, SignedRequest
+from gpupool.services.challenges import Challenges
 from gpupool.services.market import Market
 from gpupool.services.registry import Registry
+from gpupool.services.timelock import TimeLock
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,8 @@ class Services:
     auth: AgentAuth
     registry: Registry
     market: Market
+    challenges: Challenges
+    timelock: TimeLock
 
 
 def services(request: Request) -> Services:

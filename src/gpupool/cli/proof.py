@@ -1,0 +1,154 @@
+"""`gpupool proof`: show, export and verify Proof of Time-Lock certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gpupool.cli.common import (
+    DEFAULT_COORDINATOR,
+    CliError,
+    CoordinatorOpt,
+    JsonOpt,
+    KeyOpt,
+    client,
+    err,
+    out,
+    print_json,
+    table,
+)
+from gpupool.wire.models import CertificateOut
+
+app = typer.Typer(help="Proof of Time-Lock certificates.", no_args_is_help=True)
+
+LeaseArg = Annotated[str, typer.Argument(help="A lease id (l-...) or its cluster id (c-...).")]
+
+
+def cluster_of(lease_or_cluster: str) -> str:
+    """Lease l-X belongs to cluster c-X: both are named from one booking."""
+    if lease_or_cluster.startswith("l-"):
+        return "c-" + lease_or_cluster.removeprefix("l-")
+    return lease_or_cluster
+
+
+def summary(body: dict[str, Any]) -> dict[str, Any]:
+    """The figures a renter looks at first (also the demo's `potl` object)."""
+    return {
+        "verdict": body.get("verdict"),
+        "coverage": body.get("coverage_ppm", 0) / 1_000_000,
+        "violations": body.get("violations", 0),
+        "anomaly_score": body.get("anomaly_ppm", 0) / 1_000_000,
+        "payout_fraction": body.get("payout_ppm", 0) / 1_000_000,
+    }
+
+
+def show_certificate(cert: CertificateOut) -> None:
+    body = cert.body
+    s = summary(body)
+    out.print(
+        f"[bold]{cert.lease_id}[/bold] ({cert.cluster_id})  verdict [bold]{s['verdict']}[/bold]  "
+        f"coverage {s['coverage']:.4f}  violations {s['violations']}  "
+        f"anomaly {s['anomaly_score']:.3f}  payout {s['payout_fraction']:.4f}"
+    )
+    for reason in body.get("reasons", []):
+        out.print(f"  • {reason}")
+    out.print(
+        table(
+            "devices",
+            ["device", "samples", "coverage", "violations", "flags", "chain head"],
+            [
+                (
+                    d.get("device"),
+                    d.get("samples"),
+                    f"{d.get('coverage_ppm', 0) / 1_000_000:.4f}",
+                    len(d.get("violations", [])),
+                    d.get("flags", 0),
+                    str((d.get("head") or {}).get("hash") or "-")[:16],
+                )
+                for d in body.get("devices", [])
+            ],
+        )
+    )
+    out.print(f"signed by the coordinator key {cert.coordinator_key}")
+
+
+@app.command("show")
+def show(
+    lease: LeaseArg,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the signed certificate of an ended lease."""
+    with client(coordinator, key) as gp:
+        cert = gp.proof(cluster_of(lease))
+    if json_out:
+        print_json(cert)
+    else:
+        show_certificate(cert)
+
+
+@app.command("export")
+def export(
+    lease: LeaseArg,
+    folder: Annotated[Path, typer.Argument(help="Folder to write (created if missing).")],
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the certificate, every sample and the public keys, for offline verification."""
+    from gpupool.services.proof_files import write_folder
+
+    with client(coordinator, key) as gp:
+        bundle = gp.proof_export(cluster_of(lease))
+    write_folder(
+        folder,
+        bundle.certificate.model_dump(mode="json"),
+        bundle.samples,
+        [b.model_dump(mode="json") for b in bundle.batches],
+        bundle.worker_keys,
+    )
+    count = sum(len(v) for v in bundle.samples.values())
+    if json_out:
+        print_json({"folder": str(folder), "samples": count, "batches": len(bundle.batches)})
+    else:
+        err.print(
+            f"wrote the certificate, {count} samples and {len(bundle.batches)} signed "
+            f"batches to {folder}"
+        )
+
+
+@app.command("verify")
+def verify(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `gpupool proof export`.")],
+    coordinator_key: Annotated[
+        str | None,
+        typer.Option(help="Require this coordinator public key (base64), learned out of band."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-check a proof offline: signatures, hash chains, coverage and verdict. Exits 1 on
+    any problem."""
+    from gpupool.services.proof_files import ProofFolderError, read_folder, verify_folder
+
+    try:
+        problems = verify_folder(folder, coordinator_key)
+        cert = read_folder(folder)[0]
+    except ProofFolderError as exc:
+        raise CliError(str(exc), 2) from exc
+    body = cert.get("body", {})
+    if json_out:
+        print_json({"verified": not problems, "problems": problems, **summary(body)})
+    elif not problems:
+        s = summary(body)
+        out.print(
+            f"[green]verified[/green]: {body.get('lease')} verdict {s['verdict']}, "
+            f"coverage {s['coverage']:.4f}, {s['violations']} violations"
+        )
+    else:
+        for problem in problems:
+            err.print(f"[red]✗[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)

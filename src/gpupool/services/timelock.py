@@ -1,0 +1,317 @@
+"""Proof of Time-Lock on the coordinator: beacons, accepting signed sample batches, and
+certificates at lease end.
+
+Each batch is checked in its own transaction with the lease row locked, so two batches of one
+chain never interleave, and is committed before the agent hears "accepted". The rules
+(chain continuity, beacon freshness, coverage, plausibility, verdict) are the pure functions
+of `domain.timelock`; this module fetches, hashes, verifies signatures, and stores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from gpupool.crypto.canonical import canonical_json, sha256_hex
+from gpupool.crypto.identity import Identity, b64, unb64, verify
+from gpupool.crypto.timelock import (
+    batch_message,
+    beacon_secret,
+    beacon_value,
+    certificate_message,
+)
+from gpupool.domain.errors import Conflict, InvalidRequest
+from gpupool.domain.leases import TERMINAL_STATES, Lease, LeaseState
+from gpupool.domain.models import Account
+from gpupool.domain.timelock import certificate, chain
+from gpupool.domain.timelock.anomaly import ModelStats
+from gpupool.domain.timelock.samples import Sample
+from gpupool.domain.timelock.telemetry import DeviceProfile
+from gpupool.services.market import own_cluster
+from gpupool.services.ports import (
+    Clock,
+    Database,
+    StoredBatch,
+    StoredCertificate,
+    StoredSample,
+    Transaction,
+)
+
+# How far an agent's clock may run behind the beacon schedule (NTP keeps real machines far
+# closer); the same figure goes into each certificate.
+MAX_SKEW_MS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Beacon:
+    number: int
+    value: str
+    epoch_ms: int
+    interval_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchIn:
+    lease_id: str
+    device_id: str
+    samples: list[dict[str, Any]]
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    lease_id: str
+    device_id: str
+    accepted: int
+    head_seq: int | None
+    head_hash: str | None
+    refused: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCertificate:
+    lease_id: str
+    cluster_id: str
+    body: dict[str, Any]
+    signature: str
+    coordinator_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProofBundle:
+    certificate: SignedCertificate
+    samples: dict[str, list[dict[str, Any]]]
+    batches: list[tuple[str, StoredBatch]]
+    worker_keys: dict[str, str]
+
+
+class TimeLock:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        signer: Identity,
+        *,
+        epoch_seconds: float = 10.0,
+        interval_seconds: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._signer = signer
+        self._secret = beacon_secret(signer.private_bytes())
+        self.epoch_ms = round(epoch_seconds * 1000)
+        self.interval_ms = round(interval_seconds * 1000)
+
+    @property
+    def public_key(self) -> str:
+        return self._signer.public_key_b64
+
+    def _now_ms(self) -> int:
+        return round(self._clock.now() * 1000)
+
+    def beacon_value(self, number: int) -> str:
+        return beacon_value(self._secret, number)
+
+    def beacon(self) -> Beacon:
+        number = self._now_ms() // self.epoch_ms
+        return Beacon(number, self.beacon_value(number), self.epoch_ms, self.interval_ms)
+
+    # samples --------------------------------------------------------------------------------
+
+    def accept(self, worker_id: str, batches: list[BatchIn]) -> list[BatchResult]:
+        return [self._accept_one(worker_id, b) for b in batches]
+
+    def _accept_one(self, worker_id: str, batch: BatchIn) -> BatchResult:
+        def refuse(code: str, reason: str, head: Any = None) -> BatchResult:
+            return BatchResult(
+                batch.lease_id,
+                batch.device_id,
+                0,
+                head.seq if head else None,
+                head.hash if head else None,
+                code,
+                reason,
+            )
+
+        with self._db.transaction() as tx:
+            lease = tx.leases.lease_for_update(batch.lease_id)
+            members = tx.leases.members(batch.lease_id) if lease else []
+            if lease is None or not any(
+                m.device_id == batch.device_id and m.worker_id == worker_id for m in members
+            ):
+                return refuse(
+                    "not-a-member",
+                    f"device {batch.device_id} of this worker is not in lease {batch.lease_id}",
+                )
+            try:
+                parsed = [Sample.from_dict(s) for s in batch.samples]
+            except InvalidRequest as exc:
+                return refuse("malformed", exc.message)
+            bodies = [canonical_json(s.to_dict()) for s in parsed]
+            hashes = [sha256_hex(body) for body in bodies]
+            worker = tx.workers.get(worker_id)
+            assert worker is not None  # the request was signed by this worker
+            head = tx.proofs.head(batch.lease_id, batch.device_id)
+            message = batch_message(batch.lease_id, batch.device_id, parsed[-1].seq, hashes[-1])
+            if not _signature_holds(worker.public_key, batch.signature, message):
+                return refuse("bad-signature", "the batch signature does not verify", head)
+            now = self._now_ms()
+            if head is not None and head.hash == hashes[-1] and head.seq == parsed[-1].seq:
+                # A resend of the batch we already stored (its answer was lost): say so again.
+                return BatchResult(batch.lease_id, batch.device_id, 0, head.seq, head.hash)
+            refusal = chain.check_batch(
+                chain.ChainHead(head.seq, head.hash, head.time_ms) if head else None,
+                lease_id=batch.lease_id,
+                device_id=batch.device_id,
+                t1_ms=round(lease.t1 * 1000),
+                t_end_ms=_end_ms(tx, lease),
+                samples=[chain.HashedSample(s, h) for s, h in zip(parsed, hashes, strict=True)],
+                current_beacon=now // self.epoch_ms,
+                beacons=self.beacon_value,
+                now_ms=now,
+                epoch_ms=self.epoch_ms,
+                max_skew_ms=MAX_SKEW_MS,
+            )
+            if refusal is not None:
+                return refuse(refusal.code.value, refusal.message, head)
+            rows = [
+                StoredSample(s.seq, s.time_ms, h, body.decode())
+                for s, h, body in zip(parsed, hashes, bodies, strict=True)
+            ]
+            stored = StoredBatch(parsed[-1].seq, hashes[-1], batch.signature, now)
+            if not tx.proofs.append(batch.lease_id, batch.device_id, head, rows, stored):
+                return refuse("chain-broken", "another batch of this chain arrived first", head)
+            return BatchResult(
+                batch.lease_id, batch.device_id, len(rows), parsed[-1].seq, hashes[-1]
+            )
+
+    # certificates ---------------------------------------------------------------------------
+
+    def certify_due(self) -> list[str]:
+        """Certify every ended or failed lease that has no certificate yet (ticker)."""
+        with self._db.transaction() as tx:
+            due = [
+                lease.id
+                for lease in tx.leases.leases_in(TERMINAL_STATES)
+                if tx.proofs.certificate(lease.id) is None
+            ]
+        for lease_id in due:
+            self._certify(lease_id)
+        return due
+
+    def _certify(self, lease_id: str) -> StoredCertificate:
+        with self._db.transaction() as tx:
+            lease = tx.leases.lease_for_update(lease_id)
+            assert lease is not None
+            existing = tx.proofs.certificate(lease_id)
+            if existing is not None:
+                return existing
+            if lease.state not in TERMINAL_STATES:
+                raise Conflict(
+                    f"lease {lease_id} is {lease.state}; its certificate comes at the end"
+                )
+            body, learn = self._assess(tx, lease)
+            signature = b64(self._signer.sign(certificate_message(body)))
+            stored = StoredCertificate(canonical_json(body).decode(), signature, self._clock.now())
+            tx.proofs.add_certificate(lease_id, stored)
+            for model, samples in learn.items():
+                stored_stats = tx.proofs.model_stats(model)
+                stats = ModelStats.from_dict(stored_stats) if stored_stats else ModelStats(model)
+                tx.proofs.save_model_stats(model, stats.learn(samples).to_dict(), self._clock.now())
+            return stored
+
+    def _assess(
+        self, tx: Transaction, lease: Lease
+    ) -> tuple[dict[str, Any], dict[str, list[Sample]]]:
+        t1, t_end = round(lease.t1 * 1000), _end_ms(tx, lease)
+        chains: dict[str, list[chain.HashedSample]] = defaultdict(list)
+        for device_id, row in tx.proofs.samples(lease.id):
+            sample = Sample.from_dict(json.loads(row.body))
+            chains[device_id].append(chain.HashedSample(sample, row.hash))
+        last_signature = {device_id: b.signature for device_id, b in tx.proofs.batches(lease.id)}
+        devices = {d.id: d for d in tx.workers.devices()}
+        results = []
+        for member in tx.leases.members(lease.id):
+            spec = devices[member.device_id].spec
+            stored = tx.proofs.model_stats(spec.model)
+            results.append(
+                certificate.evaluate_device(
+                    member.device_id,
+                    member.worker_id,
+                    DeviceProfile(spec.kind, spec.model, spec.memory_mb),
+                    chains.get(member.device_id, []),
+                    ModelStats.from_dict(stored) if stored else ModelStats(spec.model),
+                    t1_ms=t1,
+                    t_end_ms=t_end,
+                    interval_ms=self.interval_ms,
+                )
+            )
+        all_samples = [h.sample for c in chains.values() for h in c]
+        body = certificate.certificate_body(
+            lease_id=lease.id,
+            cluster_id=lease.cluster_id,
+            devices=results,
+            t1_ms=t1,
+            t_end_ms=t_end,
+            beacons=certificate.beacons_used(all_samples),
+            interval_ms=self.interval_ms,
+            epoch_ms=self.epoch_ms,
+            max_skew_ms=MAX_SKEW_MS,
+            issued_at_ms=self._now_ms(),
+            head_signatures={d: last_signature[d] for d in chains if d in last_signature},
+        )
+        # The workers' keys travel under the coordinator's signature, so an exported proof
+        # names the keys its chains must be signed with.
+        body["worker_keys"] = {
+            w: worker.public_key
+            for w in sorted({r.worker for r in results})
+            if (worker := tx.workers.get(w)) is not None
+        }
+        learn: dict[str, list[Sample]] = defaultdict(list)
+        if body["verdict"] == "pass":  # learn only from leases that verified cleanly
+            for r in results:
+                learn[r.profile.model].extend(h.sample for h in chains.get(r.device, []))
+        return body, learn
+
+    def certificate(self, renter: Account, cluster_id: str) -> SignedCertificate:
+        with self._db.transaction() as tx:
+            cluster = own_cluster(tx, renter, cluster_id)
+            lease = tx.leases.lease_of_cluster(cluster.id)
+        stored = self._certify(lease.id)
+        return SignedCertificate(
+            lease.id, cluster_id, json.loads(stored.body), stored.signature, self.public_key
+        )
+
+    def export(self, renter: Account, cluster_id: str) -> ProofBundle:
+        cert = self.certificate(renter, cluster_id)
+        with self._db.transaction() as tx:
+            samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for device_id, row in tx.proofs.samples(cert.lease_id):
+                samples[device_id].append(json.loads(row.body))
+            workers = {m.worker_id for m in tx.leases.members(cert.lease_id)}
+            keys = {}
+            for worker_id in sorted(workers):
+                worker = tx.workers.get(worker_id)
+                if worker is not None:
+                    keys[worker_id] = worker.public_key
+            return ProofBundle(cert, dict(samples), tx.proofs.batches(cert.lease_id), keys)
+
+
+def _signature_holds(public_key_b64: str, signature_b64: str, message: bytes) -> bool:
+    try:
+        return verify(unb64(public_key_b64), unb64(signature_b64), message)
+    except ValueError:
+        return False
+
+
+def _end_ms(tx: Transaction, lease: Lease) -> int:
+    """When the lease stopped running: T2, or earlier when it was terminated or failed."""
+    end = lease.t2
+    for at, state, _note in tx.leases.events(lease.id):
+        if state in (LeaseState.ENDING, LeaseState.FAILED):
+            end = min(end, at)
+            break
+    return round(end * 1000)
