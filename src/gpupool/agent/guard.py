@@ -3,14 +3,16 @@ process that is neither the lease's nor on the short system allow-list.
 
 Which processes are "on" a device:
 - GPU: the processes NVML lists as computing or drawing on it.
-- CPU core group: the processes whose CPU affinity lies entirely inside the lease's cores on
-  this worker, that is, processes pinned there (`taskset -c 3 miner`). The machine's ordinary
-  processes may run on every core and the scheduler spreads them everywhere; counting them
-  would kill sshd and the agent itself. Keeping them off the leased cores is the supplier's
+- CPU core group: the processes pinned there: their CPU affinity lies entirely inside the
+  lease's cores on this worker and is narrower than the whole machine (`taskset -c 3
+  miner`). The machine's ordinary processes may run on every core and the scheduler spreads
+  them everywhere; counting them would kill sshd and the agent itself (and, when a lease
+  holds every core, everything). Keeping them off the leased cores is the supplier's
   configuration (systemd `AllowedCPUs=` for its slices), outside what the guard decides.
 
 Owner of a process: `lease` when the lease's sandbox holds it, `system` when allow-listed
-(kernel threads, pid 1, the agent itself, listed executables, processes in listed cgroups),
+(kernel threads, pid 1, the agent itself and the helpers it starts, such as a capability
+challenge, listed executables, processes in listed cgroups),
 else `foreign`: killed with SIGKILL at once and recorded as a violation. A process is known
 by (pid, start time), so a reused pid is a new process.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpupool.agent.procs import ProcessInfo, list_processes
+from gpupool.agent.procs import ProcessInfo, list_processes, parse_cpu_list
 from gpupool.agent.sandbox import Sandbox
 from gpupool.domain.models import DeviceKind
 
@@ -72,6 +74,14 @@ class DeviceObservation:
     temperature_c: int | None = None
 
 
+def online_cores(sys_root: Path = Path("/sys/devices/system/cpu")) -> frozenset[int]:
+    """Every core the machine has online: a process allowed on all of them is not pinned."""
+    try:
+        return frozenset(parse_cpu_list((sys_root / "online").read_text()))
+    except (OSError, ValueError):
+        return frozenset(os.sched_getaffinity(0))
+
+
 def _wall_ms() -> int:
     return round(time.time() * 1000)
 
@@ -89,6 +99,7 @@ class Guard:
         agent_pid: int | None = None,
         proc_root: Path = Path("/proc"),
         thermal_root: Path = Path("/sys/class/thermal"),
+        machine_cores: frozenset[int] | None = None,
     ) -> None:
         self.allow_exes = frozenset(allow_exes)
         self.allow_cgroups = tuple(allow_cgroups)
@@ -99,6 +110,7 @@ class Guard:
         self.agent_pid = agent_pid if agent_pid is not None else os.getpid()
         self.proc_root = proc_root
         self.thermal_root = thermal_root
+        self.machine_cores = machine_cores if machine_cores is not None else online_cores()
         self._first_seen: dict[tuple[int, int], int] = {}
         self._cpu_times: dict[int, tuple[int, int]] = {}  # core -> (busy, total) at last scan
 
@@ -108,6 +120,7 @@ class Guard:
         return (
             p.kernel_thread
             or p.pid in (1, self.agent_pid)
+            or p.ppid == self.agent_pid
             or (bool(p.exe) and p.exe in self.allow_exes)
             or any(p.cgroup2.startswith(prefix) for prefix in self.allow_cgroups)
         )
@@ -130,7 +143,13 @@ class Guard:
             lease_pids = lease.sandbox.pids()
             lease_cores = frozenset(c for d in lease.devices for c in d.cores)
             pinned = (
-                [p for p in procs if p.cpus_allowed and p.cpus_allowed <= lease_cores]
+                [
+                    p
+                    for p in procs
+                    if p.cpus_allowed
+                    and p.cpus_allowed <= lease_cores
+                    and p.cpus_allowed != self.machine_cores
+                ]
                 if lease_cores
                 else []
             )

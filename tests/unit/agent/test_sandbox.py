@@ -69,7 +69,8 @@ def test_lease_starts_with_its_init_process_inside_its_cgroup(sandboxes: Sandbox
     assert isinstance(box, CgroupSandbox)
     wait_until(lambda: len(box.pids()) == 1)
     (pid,) = box.pids()
-    assert b"gpupool.agent.lease_init" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # the shell that put it in the cgroup execs the lease init a moment later
+    wait_until(lambda: b"gpupool.agent.lease_init" in Path(f"/proc/{pid}/cmdline").read_bytes())
     assert os.getpgid(pid) == pid  # leads its own process group
     box.destroy()
     assert not Path(box.path).exists()
