@@ -208,16 +208,11 @@ def test_forged_broken_stale_future_and_replayed_batches_are_refused_with_a_reas
     assert _post(leased, fresh).refused is None  # the chain itself is intact
 
 
-def test_the_export_verifies_offline_and_any_tampering_fails(
-    api: Api, renter: str, sim: AgentSim, tmp_path: Path
-) -> None:
-    leased = _lease(api, renter, sim, tmp_path)
-    _run(api, leased, 25)
-    _end(api, renter, leased)
+def _export(api: Api, renter: str, leased: Leased, folder: Path) -> Path:
+    """Fetch the lease's proof as its renter and write it as `gpupool proof export` does."""
     r = api.http.get(f"/v1/clusters/{leased.cluster_id}/proof/export", headers=api.as_key(renter))
     assert r.status_code == 200, r.text
     bundle = w.ProofExportOut.model_validate(r.json())
-    folder = tmp_path / "proof"
     write_folder(
         folder,
         bundle.certificate.model_dump(mode="json"),
@@ -225,6 +220,16 @@ def test_the_export_verifies_offline_and_any_tampering_fails(
         [b.model_dump(mode="json") for b in bundle.batches],
         bundle.worker_keys,
     )
+    return folder
+
+
+def test_the_export_verifies_offline_and_any_tampering_fails(
+    api: Api, renter: str, sim: AgentSim, tmp_path: Path
+) -> None:
+    leased = _lease(api, renter, sim, tmp_path)
+    _run(api, leased, 25)
+    _end(api, renter, leased)
+    folder = _export(api, renter, leased, tmp_path / "proof")
     assert verify_folder(folder) == []
 
     samples = folder / "samples.jsonl"
@@ -238,3 +243,32 @@ def test_the_export_verifies_offline_and_any_tampering_fails(
     cert["body"]["coverage_ppm"] = 1_000_000 if cert["body"]["coverage_ppm"] != 1_000_000 else 1
     cert_file.write_text(json.dumps(cert))
     assert verify_folder(folder) != []
+
+
+def test_flipping_any_byte_of_an_export_makes_verification_fail(
+    api: Api, renter: str, sim: AgentSim, tmp_path: Path
+) -> None:
+    import random
+
+    from gpupool.services.proof_files import ProofFolderError
+
+    leased = _lease(api, renter, sim, tmp_path)
+    _run(api, leased, 12)
+    _end(api, renter, leased)
+    folder = _export(api, renter, leased, tmp_path / "proof")
+    assert verify_folder(folder) == []
+    rng = random.Random(7)
+    for name in ("certificate.json", "samples.jsonl", "batches.json", "keys.json"):
+        path = folder / name
+        original = path.read_bytes()
+        for position in rng.sample(range(len(original)), 40):
+            tampered = bytearray(original)
+            tampered[position] = (tampered[position] + rng.randrange(1, 256)) % 256
+            path.write_bytes(bytes(tampered))
+            try:
+                problems = verify_folder(folder)
+            except ProofFolderError:
+                continue  # unreadable counts as failing
+            assert problems, f"{name} byte {position} changed and the proof still verified"
+        path.write_bytes(original)
+    assert verify_folder(folder) == []

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpupool.agent.guard import DeviceObservation, DeviceView, Guard, LeaseView
+from gpupool.agent.link import LinkError
 from gpupool.agent.recorder import Recorder
 from gpupool.agent.sandbox import Sandbox
 from gpupool.domain.models import DeviceSpec
@@ -90,6 +91,13 @@ class Prover:
             leases = {k: v for k, v in leases.items() if k == only_lease}
         if not leases:
             return
+        if self.recorder.beacon_outdated():
+            # Name the beacon of this epoch, not the last one: a sample naming an older
+            # beacon would be stale by the time the next send reaches the coordinator.
+            try:
+                self.recorder.refresh_beacon()
+            except LinkError as exc:
+                log.warning("event=beacon_unavailable reason=%s", exc.message)
         with self._lock:
             views = self._views(leases)
             device_lease = {d.device_id: v.lease_id for v in views for d in v.devices}

@@ -120,6 +120,10 @@ class Recorder:
     def refresh_beacon(self) -> None:
         self.beacon = self.link.beacon()
 
+    def beacon_outdated(self) -> bool:
+        """True when the clock says a newer beacon exists than the one samples would name."""
+        return self.beacon is None or self.now_ms() // self.beacon.epoch_ms > self.beacon.number
+
     def record(self, observations: Iterable[Observation]) -> None:
         beacon = self.beacon
         if beacon is None:

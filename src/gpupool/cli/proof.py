@@ -135,7 +135,7 @@ def verify(
 
     try:
         problems = verify_folder(folder, coordinator_key)
-        cert = read_folder(folder)[0]
+        cert = read_folder(folder).certificate
     except ProofFolderError as exc:
         raise CliError(str(exc), 2) from exc
     body = cert.get("body", {})

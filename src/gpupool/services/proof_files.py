@@ -2,20 +2,24 @@
 
 The folder holds `certificate.json` (the signed body, its signature and the coordinator's
 public key), `samples.jsonl` (every sample, one per line, in chain order per device),
-`batches.json` (each batch's signed head) and `keys.json` (workers' public keys; the
+`batches.json` (each chain's last signed batch: the agent's signature over its head, which
+commits to every sample before it) and `keys.json` (workers' public keys; the
 certificate body carries them too, under its signature). `verify_folder` needs nothing else:
 no coordinator, no network.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpupool.crypto.canonical import canonical_json
 from gpupool.crypto.identity import unb64, verify
-from gpupool.crypto.timelock import batch_message, certificate_message, sample_hash
+from gpupool.crypto.timelock import batch_message, certificate_message
 from gpupool.domain.timelock import offline
 
 FILES = ("certificate.json", "samples.jsonl", "batches.json", "keys.json")
@@ -29,44 +33,77 @@ def write_folder(
     keys: dict[str, str],
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "certificate.json").write_text(json.dumps(certificate, indent=1, sort_keys=True))
-    with (folder / "samples.jsonl").open("w") as f:
-        for device in sorted(samples):
-            for sample in samples[device]:
-                f.write(json.dumps(sample, sort_keys=True, separators=(",", ":")) + "\n")
-    (folder / "batches.json").write_text(json.dumps(batches, indent=1, sort_keys=True))
-    (folder / "keys.json").write_text(json.dumps(keys, indent=1, sort_keys=True))
+    for name, value in (
+        ("certificate.json", certificate),
+        ("batches.json", batches),
+        ("keys.json", keys),
+    ):
+        (folder / name).write_bytes(canonical_json(value) + b"\n")
+    lines = [canonical_json(s) + b"\n" for device in sorted(samples) for s in samples[device]]
+    (folder / "samples.jsonl").write_bytes(b"".join(lines))
 
 
 class ProofFolderError(Exception):
     """The folder is not a readable proof export."""
 
 
-def read_folder(
-    folder: Path,
-) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+@dataclass
+class ProofFolder:
+    certificate: dict[str, Any]
+    samples: dict[str, list[dict[str, Any]]]  # per device, in file order
+    hashes: dict[str, list[str]]  # sha256 of each sample's line, exactly as stored
+    batches: list[dict[str, Any]]
+
+
+def read_folder(folder: Path) -> ProofFolder:
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise ProofFolderError(f"{folder} is not a proof export: missing {', '.join(missing)}")
+    samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    hashes: dict[str, list[str]] = defaultdict(list)
     try:
-        cert = json.loads((folder / "certificate.json").read_text())
-        samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for line in (folder / "samples.jsonl").read_text().splitlines():
-            if line.strip():
+        cert = json.loads((folder / "certificate.json").read_bytes())
+        for line in (folder / "samples.jsonl").read_bytes().split(b"\n"):
+            if line:
                 sample = json.loads(line)
-                samples[str(sample.get("device"))].append(sample)
-        batches = json.loads((folder / "batches.json").read_text())
+                device = str(sample.get("device")) if isinstance(sample, dict) else ""
+                samples[device].append(sample)
+                # The line's own bytes are hashed: the coordinator hashed the canonical form,
+                # so any changed byte breaks the chain or its signed head.
+                hashes[device].append(hashlib.sha256(line).hexdigest())
+        batches = json.loads((folder / "batches.json").read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProofFolderError(f"{folder}: not valid JSON ({exc})") from exc
     if not isinstance(cert, dict) or not isinstance(batches, list):
         raise ProofFolderError(f"{folder}: certificate.json or batches.json has the wrong shape")
-    return cert, dict(samples), batches
+    return ProofFolder(cert, dict(samples), dict(hashes), batches)
+
+
+def _canonical_problems(folder: Path) -> list[str]:
+    """The small files must be exactly the canonical form of what they hold, so that no byte
+    can change (not even whitespace) unnoticed. (Sample lines need no such check: their own
+    bytes are hashed into the chain.)"""
+    problems = []
+    for name in ("certificate.json", "batches.json", "keys.json"):
+        raw = (folder / name).read_bytes()
+        if raw != canonical_json(json.loads(raw)) + b"\n":
+            problems.append(f"{name} is not in canonical form: it was edited")
+    return problems
 
 
 def verify_folder(folder: Path, expected_coordinator_key: str | None = None) -> list[str]:
-    """Every problem found; an empty list means the proof verifies."""
-    cert, samples, batches = read_folder(folder)
-    problems: list[str] = []
+    """Every problem found; an empty list means the proof verifies. ProofFolderError when
+    the folder cannot be read as a proof at all."""
+    proof = read_folder(folder)
+    try:
+        return _verify(folder, proof, expected_coordinator_key)
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        return [f"the export is malformed: {type(exc).__name__}: {exc}"]
+
+
+def _verify(folder: Path, proof: ProofFolder, expected_coordinator_key: str | None) -> list[str]:
+    cert, samples, hashes = proof.certificate, proof.samples, proof.hashes
+    problems = _canonical_problems(folder)
     body = cert.get("body")
     key = cert.get("coordinator_key", "")
     if not isinstance(body, dict):
@@ -76,8 +113,9 @@ def verify_folder(folder: Path, expected_coordinator_key: str | None = None) -> 
     if not _holds(key, cert.get("signature", ""), certificate_message(body)):
         problems.append("the coordinator's signature over the certificate does not verify")
     worker_keys: dict[str, str] = body.get("worker_keys", {})
-    hashes = {d: [sample_hash(s) for s in rows] for d, rows in samples.items()}
-    for batch in batches:
+    if json.loads((folder / "keys.json").read_bytes()) != worker_keys:
+        problems.append("keys.json differs from the worker keys the certificate names")
+    for batch in proof.batches:
         problems.extend(_check_batch(body, batch, samples, hashes, worker_keys))
     # The domain re-derives every figure from the samples; the signatures are checked here.
     unsigned = {k: v for k, v in body.items() if k != "worker_keys"}
@@ -101,7 +139,7 @@ def _check_batch(
     )
     worker = str(device).split(":", 1)[0]
     rows = samples.get(device, [])
-    index = next((i for i, s in enumerate(rows) if s.get("seq") == seq), None)
+    index = seq if 0 <= seq < len(rows) and rows[seq].get("seq") == seq else None
     if index is None or hashes[device][index] != last:
         return [f"batch {device}#{seq}: its signed head is not the hash of sample {seq}"]
     message = batch_message(str(body.get("lease")), device, seq, str(last))

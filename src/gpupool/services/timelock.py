@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpupool.crypto.canonical import canonical_json, sha256_hex
@@ -35,6 +35,7 @@ from gpupool.services.ports import (
     Database,
     StoredBatch,
     StoredCertificate,
+    StoredHead,
     StoredSample,
     Transaction,
 )
@@ -42,6 +43,7 @@ from gpupool.services.ports import (
 # How far an agent's clock may run behind the beacon schedule (NTP keeps real machines far
 # closer); the same figure goes into each certificate.
 MAX_SKEW_MS = 2_000
+BEACON_CACHE = 64  # recent beacon values kept (each is one HMAC to recompute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class TimeLock:
         self._signer = signer
         self._secret = beacon_secret(signer.private_bytes())
         self.epoch_ms = round(epoch_seconds * 1000)
+        self._beacons: dict[int, str] = {}
         self.interval_ms = round(interval_seconds * 1000)
 
     @property
@@ -113,7 +116,12 @@ class TimeLock:
         return round(self._clock.now() * 1000)
 
     def beacon_value(self, number: int) -> str:
-        return beacon_value(self._secret, number)
+        cached = self._beacons.get(number)
+        if cached is None:
+            cached = self._beacons[number] = beacon_value(self._secret, number)
+            if len(self._beacons) > BEACON_CACHE:
+                del self._beacons[min(self._beacons)]
+        return cached
 
     def beacon(self) -> Beacon:
         number = self._now_ms() // self.epoch_ms
@@ -122,10 +130,23 @@ class TimeLock:
     # samples --------------------------------------------------------------------------------
 
     def accept(self, worker_id: str, batches: list[BatchIn]) -> list[BatchResult]:
-        return [self._accept_one(worker_id, b) for b in batches]
+        """Check and store one request's batches in one transaction (one commit), each batch
+        accepted whole or refused with a code. Leases are locked in id order, so two requests
+        never wait on each other in a circle."""
+        order = sorted(range(len(batches)), key=lambda k: (batches[k].lease_id, k))
+        results: dict[int, BatchResult] = {}
+        with self._db.transaction() as tx:
+            worker = tx.workers.get(worker_id)
+            assert worker is not None  # the request was signed by this worker
+            work = _Request(tx, worker_id, worker.public_key)
+            for k in order:
+                results[k] = self._accept_one(work, batches[k])
+            tx.proofs.add_samples(work.samples)
+            tx.proofs.add_batches(work.batches)
+        return [results[k] for k in range(len(batches))]
 
-    def _accept_one(self, worker_id: str, batch: BatchIn) -> BatchResult:
-        def refuse(code: str, reason: str, head: Any = None) -> BatchResult:
+    def _accept_one(self, work: _Request, batch: BatchIn) -> BatchResult:
+        def refuse(code: str, reason: str, head: StoredHead | None = None) -> BatchResult:
             return BatchResult(
                 batch.lease_id,
                 batch.device_id,
@@ -136,57 +157,60 @@ class TimeLock:
                 reason,
             )
 
-        with self._db.transaction() as tx:
-            lease = tx.leases.lease_for_update(batch.lease_id)
-            members = tx.leases.members(batch.lease_id) if lease else []
-            if lease is None or not any(
-                m.device_id == batch.device_id and m.worker_id == worker_id for m in members
-            ):
-                return refuse(
-                    "not-a-member",
-                    f"device {batch.device_id} of this worker is not in lease {batch.lease_id}",
-                )
-            try:
-                parsed = [Sample.from_dict(s) for s in batch.samples]
-            except InvalidRequest as exc:
-                return refuse("malformed", exc.message)
-            bodies = [canonical_json(s.to_dict()) for s in parsed]
-            hashes = [sha256_hex(body) for body in bodies]
-            worker = tx.workers.get(worker_id)
-            assert worker is not None  # the request was signed by this worker
-            head = tx.proofs.head(batch.lease_id, batch.device_id)
-            message = batch_message(batch.lease_id, batch.device_id, parsed[-1].seq, hashes[-1])
-            if not _signature_holds(worker.public_key, batch.signature, message):
-                return refuse("bad-signature", "the batch signature does not verify", head)
-            now = self._now_ms()
-            if head is not None and head.hash == hashes[-1] and head.seq == parsed[-1].seq:
-                # A resend of the batch we already stored (its answer was lost): say so again.
-                return BatchResult(batch.lease_id, batch.device_id, 0, head.seq, head.hash)
-            refusal = chain.check_batch(
-                chain.ChainHead(head.seq, head.hash, head.time_ms) if head else None,
-                lease_id=batch.lease_id,
-                device_id=batch.device_id,
-                t1_ms=round(lease.t1 * 1000),
-                t_end_ms=_end_ms(tx, lease),
-                samples=[chain.HashedSample(s, h) for s, h in zip(parsed, hashes, strict=True)],
-                current_beacon=now // self.epoch_ms,
-                beacons=self.beacon_value,
-                now_ms=now,
-                epoch_ms=self.epoch_ms,
-                max_skew_ms=MAX_SKEW_MS,
+        lease_info = work.lease(batch.lease_id)
+        if lease_info is None or batch.device_id not in lease_info.devices:
+            return refuse(
+                "not-a-member",
+                f"device {batch.device_id} of this worker is not in lease {batch.lease_id}",
             )
-            if refusal is not None:
-                return refuse(refusal.code.value, refusal.message, head)
-            rows = [
-                StoredSample(s.seq, s.time_ms, h, body.decode())
-                for s, h, body in zip(parsed, hashes, bodies, strict=True)
-            ]
-            stored = StoredBatch(parsed[-1].seq, hashes[-1], batch.signature, now)
-            if not tx.proofs.append(batch.lease_id, batch.device_id, head, rows, stored):
-                return refuse("chain-broken", "another batch of this chain arrived first", head)
-            return BatchResult(
-                batch.lease_id, batch.device_id, len(rows), parsed[-1].seq, hashes[-1]
+        try:
+            parsed = [Sample.from_dict(s) for s in batch.samples]
+        except InvalidRequest as exc:
+            return refuse("malformed", exc.message)
+        # from_dict refuses unknown fields and wrong types, so the dict as sent is the sample
+        bodies = [canonical_json(s) for s in batch.samples]
+        hashes = [sha256_hex(body) for body in bodies]
+        head = lease_info.heads.get(batch.device_id)
+        message = batch_message(batch.lease_id, batch.device_id, parsed[-1].seq, hashes[-1])
+        if not _signature_holds(work.public_key, batch.signature, message):
+            return refuse("bad-signature", "the batch signature does not verify", head)
+        now = self._now_ms()
+        if head is not None and head.hash == hashes[-1] and head.seq == parsed[-1].seq:
+            # A resend of the batch we already stored (its answer was lost): say so again.
+            return BatchResult(batch.lease_id, batch.device_id, 0, head.seq, head.hash)
+        refusal = chain.check_batch(
+            chain.ChainHead(head.seq, head.hash, head.time_ms) if head else None,
+            lease_id=batch.lease_id,
+            device_id=batch.device_id,
+            t1_ms=round(lease_info.lease.t1 * 1000),
+            t_end_ms=lease_info.end_ms,
+            samples=[chain.HashedSample(s, h) for s, h in zip(parsed, hashes, strict=True)],
+            current_beacon=now // self.epoch_ms,
+            beacons=self.beacon_value,
+            now_ms=now,
+            epoch_ms=self.epoch_ms,
+            max_skew_ms=MAX_SKEW_MS,
+        )
+        if refusal is not None:
+            return refuse(refusal.code.value, refusal.message, head)
+        new_head = StoredHead(parsed[-1].seq, hashes[-1], parsed[-1].time_ms)
+        if not work.tx.proofs.move_head(batch.lease_id, batch.device_id, head, new_head):
+            return refuse("chain-broken", "another batch of this chain arrived first", head)
+        lease_info.heads[batch.device_id] = new_head
+        work.samples.extend(
+            (batch.lease_id, batch.device_id, StoredSample(s.seq, s.time_ms, h, body.decode()))
+            for s, h, body in zip(parsed, hashes, bodies, strict=True)
+        )
+        work.batches.append(
+            (
+                batch.lease_id,
+                batch.device_id,
+                StoredBatch(new_head.seq, new_head.hash, batch.signature, now),
             )
+        )
+        return BatchResult(
+            batch.lease_id, batch.device_id, len(parsed), new_head.seq, new_head.hash
+        )
 
     # certificates ---------------------------------------------------------------------------
 
@@ -297,7 +321,49 @@ class TimeLock:
                 worker = tx.workers.get(worker_id)
                 if worker is not None:
                     keys[worker_id] = worker.public_key
-            return ProofBundle(cert, dict(samples), tx.proofs.batches(cert.lease_id), keys)
+            # Each chain's last signed batch commits to every sample before it.
+            last = {device_id: b for device_id, b in tx.proofs.batches(cert.lease_id)}
+            return ProofBundle(cert, dict(samples), sorted(last.items()), keys)
+
+
+@dataclass
+class _LeaseInfo:
+    lease: Lease
+    devices: set[str]  # this worker's devices in the lease
+    end_ms: int
+    heads: dict[str, StoredHead]
+
+
+@dataclass
+class _Request:
+    """What one request's batches share: the transaction, the worker, the leases it names
+    (each read and locked once), and the rows to insert at the end."""
+
+    tx: Transaction
+    worker_id: str
+    public_key: str
+    samples: list[tuple[str, str, StoredSample]] = field(default_factory=list)
+    batches: list[tuple[str, str, StoredBatch]] = field(default_factory=list)
+    _leases: dict[str, _LeaseInfo | None] = field(default_factory=dict)
+
+    def lease(self, lease_id: str) -> _LeaseInfo | None:
+        if lease_id not in self._leases:
+            lease = self.tx.leases.lease_for_update(lease_id)
+            self._leases[lease_id] = (
+                None
+                if lease is None
+                else _LeaseInfo(
+                    lease,
+                    {
+                        m.device_id
+                        for m in self.tx.leases.members(lease_id)
+                        if m.worker_id == self.worker_id
+                    },
+                    _end_ms(self.tx, lease),
+                    self.tx.proofs.heads(lease_id),
+                )
+            )
+        return self._leases[lease_id]
 
 
 def _signature_holds(public_key_b64: str, signature_b64: str, message: bytes) -> bool:

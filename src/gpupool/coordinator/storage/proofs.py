@@ -29,6 +29,25 @@ from gpupool.services.ports import (
     StoredSample,
 )
 
+# The statements on the sample path, built once: each accepted batch runs them, and building
+# SQLAlchemy statements anew per call cost more than the database work itself.
+_HEAD = sa.text(
+    "SELECT seq, hash, time_ms FROM chain_heads WHERE lease_id = :lease AND device_id = :device"
+)
+_MOVE_HEAD = sa.text(
+    "UPDATE chain_heads SET seq = :seq, hash = :hash, time_ms = :time_ms "
+    "WHERE lease_id = :lease AND device_id = :device AND seq = :old_seq"
+)
+_INSERT_SAMPLE = sa.text(
+    "INSERT INTO samples (lease_id, device_id, seq, time_ms, hash, body) "
+    "VALUES (:lease_id, :device_id, :seq, :time_ms, :hash, :body)"
+)
+_INSERT_BATCH = sa.text(
+    "INSERT INTO sample_batches (lease_id, device_id, last_seq, last_hash, signature, "
+    "received_ms) VALUES (:lease_id, :device_id, :last_seq, :last_hash, :signature, "
+    ":received_ms)"
+)
+
 
 class SqlProofs:
     def __init__(self, conn: Connection) -> None:
@@ -37,27 +56,18 @@ class SqlProofs:
     # chains -----------------------------------------------------------------------------
 
     def head(self, lease_id: str, device_id: str) -> StoredHead | None:
-        row = self._c.execute(
-            chain_heads.select().where(
-                chain_heads.c.lease_id == lease_id, chain_heads.c.device_id == device_id
-            )
-        ).first()
+        row = self._c.execute(_HEAD, {"lease": lease_id, "device": device_id}).first()
         return StoredHead(row.seq, row.hash, row.time_ms) if row else None
 
     def heads(self, lease_id: str) -> dict[str, StoredHead]:
         rows = self._c.execute(chain_heads.select().where(chain_heads.c.lease_id == lease_id))
         return {r.device_id: StoredHead(r.seq, r.hash, r.time_ms) for r in rows}
 
-    def append(
-        self,
-        lease_id: str,
-        device_id: str,
-        previous: StoredHead | None,
-        rows: Sequence[StoredSample],
-        batch: StoredBatch,
+    def move_head(
+        self, lease_id: str, device_id: str, previous: StoredHead | None, head: StoredHead
     ) -> bool:
-        """Store a verified batch and move the head; False if the head moved meanwhile."""
-        last = rows[-1]
+        """Move a chain's head from `previous` (None: start the chain); False if it is no
+        longer there (another batch of the chain won)."""
         if previous is None:
             # INSERT .. ON CONFLICT DO NOTHING: of two first batches only one starts the chain.
             dialect = sqlite_insert if self._c.dialect.name == "sqlite" else pg_insert
@@ -66,51 +76,60 @@ class SqlProofs:
                 .values(
                     lease_id=lease_id,
                     device_id=device_id,
-                    seq=last.seq,
-                    hash=last.hash,
-                    time_ms=last.time_ms,
+                    seq=head.seq,
+                    hash=head.hash,
+                    time_ms=head.time_ms,
                 )
                 .on_conflict_do_nothing()
                 .returning(chain_heads.c.seq)
             ).first()
-            moved = 1 if started is not None else 0
-        else:
-            moved = self._c.execute(
-                chain_heads.update()
-                .where(
-                    chain_heads.c.lease_id == lease_id,
-                    chain_heads.c.device_id == device_id,
-                    chain_heads.c.seq == previous.seq,
-                )
-                .values(seq=last.seq, hash=last.hash, time_ms=last.time_ms)
-            ).rowcount
-        if moved != 1:
-            return False
-        self._c.execute(
-            samples.insert(),
-            [
-                {
-                    "lease_id": lease_id,
-                    "device_id": device_id,
-                    "seq": r.seq,
-                    "time_ms": r.time_ms,
-                    "hash": r.hash,
-                    "body": r.body,
-                }
-                for r in rows
-            ],
-        )
-        self._c.execute(
-            sample_batches.insert().values(
-                lease_id=lease_id,
-                device_id=device_id,
-                last_seq=batch.last_seq,
-                last_hash=batch.last_hash,
-                signature=batch.signature,
-                received_ms=batch.received_ms,
+            return started is not None
+        moved = self._c.execute(
+            _MOVE_HEAD,
+            {
+                "lease": lease_id,
+                "device": device_id,
+                "old_seq": previous.seq,
+                "seq": head.seq,
+                "hash": head.hash,
+                "time_ms": head.time_ms,
+            },
+        ).rowcount
+        return bool(moved == 1)
+
+    def add_samples(self, rows: Sequence[tuple[str, str, StoredSample]]) -> None:
+        if rows:
+            self._c.execute(
+                _INSERT_SAMPLE,
+                [
+                    {
+                        "lease_id": lease_id,
+                        "device_id": device_id,
+                        "seq": r.seq,
+                        "time_ms": r.time_ms,
+                        "hash": r.hash,
+                        "body": r.body,
+                    }
+                    for lease_id, device_id, r in rows
+                ],
             )
-        )
-        return True
+
+    def add_batches(self, batches: Sequence[tuple[str, str, StoredBatch]]) -> None:
+        if batches:
+            self._c.execute(
+                _INSERT_BATCH,
+                [
+                    {
+                        "lease_id": lease_id,
+                        "device_id": device_id,
+                        "last_seq": b.last_seq,
+                        "last_hash": b.last_hash,
+                        "signature": b.signature,
+                        "received_ms": b.received_ms,
+                    }
+                    for lease_id, device_id, b in batches
+                ],
+            )
 
     def samples(self, lease_id: str) -> list[tuple[str, StoredSample]]:
         """Every accepted sample of a lease as (device id, sample), in chain order."""

@@ -196,6 +196,8 @@ def _violation(data: Any, index: int) -> Violation:
 def _record(data: Any, keys: frozenset[str], where: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidSample(f"{where} must be an object, not {type(data).__name__}")
+    if data.keys() == keys:  # the usual case, checked without building the differences
+        return data
     missing = sorted(keys - data.keys())
     unknown = sorted(str(k) for k in data.keys() - keys)
     if missing:
