@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from gpupool.localnet.network import free_port
+from tests.cli_run import gpupool
 
 HEAVY = (
     "ray",
@@ -21,19 +21,6 @@ HEAVY = (
     "gpupool.coordinator",
     "gpupool.agent",
 )
-
-
-def gpupool(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpupool", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "GPUPOOL_KEY": "", "COLUMNS": "120", **(env or {})},
-    )
 
 
 def test_help_imports_no_ray_nvml_or_database_driver() -> None:

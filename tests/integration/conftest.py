@@ -39,12 +39,8 @@ def wait_state(gp: Client, cluster_id: str, state: str, timeout: float = 30) -> 
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    net = LocalNetwork(tmp_path_factory.mktemp("net"), agents=3, heartbeat_seconds=1.0)
-    net.start()
-    try:
+    with LocalNetwork(tmp_path_factory.mktemp("net"), agents=3, heartbeat_seconds=1.0) as net:
         yield net
-    finally:
-        net.stop()
 
 
 @pytest.fixture(scope="module")

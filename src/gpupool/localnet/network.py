@@ -189,9 +189,13 @@ class LocalNetwork:
                     raise NetworkError(f"{proc.name} exited; see {self.log_dir}/{proc.name}.log")
             with self.admin() as admin:
                 up = [x for x in admin.workers() if x.status == "up"]
-            return True if len(up) >= count else None
+            # and every device through its capability challenge (passed, or judged)
+            settled = all(
+                d.verified or d.status in ("unsupported", "blocked") for x in up for d in x.devices
+            )
+            return True if len(up) >= count and settled else None
 
-        wait_for(f"{count} workers to be up", enough, timeout)
+        wait_for(f"{count} workers to be up with their devices verified", enough, timeout)
 
     # stop -------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ a PCI struct with `busId`, the CUDA version as 1000*major + 10*minor) and raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 
@@ -28,6 +28,16 @@ class FakeGpu:
     pci_bus_id: str = "00000000:01:00.0"
 
 
+@dataclass
+class GpuState:
+    compute: dict[int, int] = field(default_factory=dict)  # pid -> used GPU memory (bytes)
+    graphics: dict[int, int] = field(default_factory=dict)
+    utilization: int = 0
+    power_mw: int = 60_000
+    temperature_c: int = 40
+    memory_used_bytes: int = 0
+
+
 class FakeNvml:
     NVMLError = NVMLError
 
@@ -43,6 +53,41 @@ class FakeNvml:
         self.cuda = cuda
         self.library_present = library_present
         self.initialized = 0
+        self._state: dict[str, GpuState] = {}
+
+    def state(self, uuid: str) -> GpuState:
+        """What a fake GPU shows now: its running processes and telemetry (tests set it)."""
+        return self._state.setdefault(uuid, GpuState())
+
+    def _by_uuid(self, uuid: str) -> FakeGpu:
+        for gpu in self.gpus:
+            if gpu.uuid == uuid:
+                return gpu
+        raise NVMLError(f"no GPU with UUID {uuid}")
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> FakeGpu:  # noqa: N802
+        return self._by_uuid(uuid.decode() if isinstance(uuid, bytes) else uuid)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeGpu) -> list[SimpleNamespace]:  # noqa: N802
+        return [
+            SimpleNamespace(pid=pid, usedGpuMemory=mem)
+            for pid, mem in self.state(handle.uuid).compute.items()
+        ]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeGpu) -> list[SimpleNamespace]:  # noqa: N802
+        return [
+            SimpleNamespace(pid=pid, usedGpuMemory=mem)
+            for pid, mem in self.state(handle.uuid).graphics.items()
+        ]
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeGpu) -> SimpleNamespace:  # noqa: N802
+        return SimpleNamespace(gpu=self.state(handle.uuid).utilization, memory=0)
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeGpu) -> int:  # noqa: N802
+        return self.state(handle.uuid).power_mw
+
+    def nvmlDeviceGetTemperature(self, handle: FakeGpu, sensor: int) -> int:  # noqa: N802
+        return self.state(handle.uuid).temperature_c
 
     def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
         if not self.library_present:
@@ -65,7 +110,10 @@ class FakeNvml:
         return self.gpus[index]
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeGpu) -> SimpleNamespace:  # noqa: N802
-        return SimpleNamespace(total=handle.memory_bytes, used=0, free=handle.memory_bytes)
+        used = self.state(handle.uuid).memory_used_bytes
+        return SimpleNamespace(
+            total=handle.memory_bytes, used=used, free=handle.memory_bytes - used
+        )
 
     def nvmlDeviceGetUUID(self, handle: FakeGpu) -> str:  # noqa: N802
         return handle.uuid
