@@ -162,8 +162,10 @@ def test_an_agent_away_for_30_s_leaves_a_gap_and_its_chain_continues(
     assert _cli(net, gp, "proof", "export", cluster.lease_id, str(folder)).returncode == 0
     verified = _cli(net, gp, "proof", "verify", str(folder))
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    times = [json.loads(line)["time_ms"] for line in (folder / "samples.jsonl").read_text().split()]
-    seqs = [json.loads(line)["seq"] for line in (folder / "samples.jsonl").read_text().split()]
+    times = [
+        json.loads(line)["time_ms"] for line in (folder / "samples.jsonl").read_text().splitlines()
+    ]
+    seqs = [json.loads(line)["seq"] for line in (folder / "samples.jsonl").read_text().splitlines()]
     assert seqs == list(range(len(seqs)))  # one chain, no restart from zero
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) >= (OUTAGE_SECONDS - 2) * 1000

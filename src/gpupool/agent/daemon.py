@@ -15,6 +15,7 @@ from decimal import Decimal
 import gpupool
 from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.prover import Prover
 from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.settings import AgentSettings
@@ -45,6 +46,7 @@ class Agent:
         state: AgentState,
         prover: Prover | None = None,
         challenger: Challenger | None = None,
+        netprobe: NetProbe | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -54,6 +56,7 @@ class Agent:
         self.state = state
         self.prover = prover
         self.challenger = challenger
+        self.netprobe = netprobe
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -154,10 +157,17 @@ class Agent:
         for loop in loops:
             loop.daemon = True
             loop.start()
+        if self.netprobe is not None:
+            try:
+                loops.extend(self.netprobe.start(stop))
+            except OSError as exc:
+                log.warning("event=probe_unavailable reason=%s", exc)
+                self.netprobe = None
         try:
             while not stop.is_set():
                 try:
-                    self.apply(self.link.heartbeat())
+                    report = self.netprobe.report() if self.netprobe is not None else None
+                    self.apply(self.link.heartbeat(report))
                 except LinkError as exc:
                     self._on_link_error(exc, stop)
                 stop.wait(self.interval)
@@ -187,6 +197,8 @@ class Agent:
             self.version = answer.lease_version
             if self.challenger is not None:
                 self.challenger.offer(answer.challenges)
+            if self.netprobe is not None:
+                self.netprobe.offer(answer.probe_peers)
             self.interval = self.settings.heartbeat_seconds or answer.heartbeat_seconds
             desired = {a.lease_id: a for a in answer.leases}
             for lease_id in [x for x in self.running if x not in desired]:

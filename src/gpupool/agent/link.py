@@ -86,8 +86,9 @@ class CoordinatorLink:
         )
         return w.WorkerOut.model_validate(data)
 
-    def heartbeat(self) -> w.AssignmentsOut:
-        return w.AssignmentsOut.model_validate(self.call("POST", "/v1/agent/heartbeat"))
+    def heartbeat(self, report: w.HeartbeatIn | None = None) -> w.AssignmentsOut:
+        payload = report.model_dump(mode="json") if report is not None else None
+        return w.AssignmentsOut.model_validate(self.call("POST", "/v1/agent/heartbeat", payload))
 
     def leases(self, version: int, wait: float) -> w.AssignmentsOut:
         data = self.call(

@@ -14,6 +14,7 @@ from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
 from gpupool.agent.guard import Guard
 from gpupool.agent.link import CoordinatorLink
+from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.prover import Prover
 from gpupool.agent.recorder import ChainStore, Recorder
@@ -58,6 +59,11 @@ def run_agent(settings: AgentSettings) -> None:
             devices,
             AgentState.load(settings.state_dir / STATE_FILE),
             challenger=Challenger(link, devices),
+            netprobe=(
+                NetProbe(port=settings.probe_port, advertise=settings.probe_advertise)
+                if settings.probe_port is not None
+                else None
+            ),
         )
         recorder = Recorder(
             link,

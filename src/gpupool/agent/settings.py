@@ -30,4 +30,8 @@ class AgentSettings:
     teardown_on_exit: bool = False
     # The guard's explicit allow-list beyond kernel threads, pid 1 and the agent itself.
     guard_allow_exes: tuple[str, ...] = ()
+    # RTT probes for network coordinates: the UDP port to answer on (0: any free port;
+    # None: do not probe) and the address peers should use (None: what the coordinator sees).
+    probe_port: int | None = 0
+    probe_advertise: str | None = None
     guard_allow_cgroups: tuple[str, ...] = ()

@@ -165,6 +165,17 @@ def agent_run(
         list[str] | None,
         typer.Option(help="Never kill processes in cgroups under this v2 path (repeat)."),
     ] = None,
+    probe_port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="UDP port for RTT probes from peers (0: any free)."),
+    ] = 0,
+    probe_advertise: Annotated[
+        str | None,
+        typer.Option(help="Address peers probe (default: the one the coordinator sees)."),
+    ] = None,
+    no_probe: Annotated[
+        bool, typer.Option("--no-probe", help="Neither answer nor send RTT probes.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -201,6 +212,8 @@ def agent_run(
         teardown_on_exit=teardown_on_exit,
         guard_allow_exes=tuple(guard_allow_exe or ()),
         guard_allow_cgroups=tuple(guard_allow_cgroup or ()),
+        probe_port=None if no_probe else probe_port,
+        probe_advertise=probe_advertise,
     )
     try:
         run_agent(settings)

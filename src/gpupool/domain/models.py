@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gpupool.domain.coordinates import Coordinate
+
 
 class Role(StrEnum):
     RENTER = "renter"
@@ -108,6 +110,11 @@ class Device:
     verified: bool = True
     flops: float | None = None  # measured by the latest passed challenge
     challenged_at: float | None = None
+    # The worker's network coordinate (None until it has measured a peer) and connectivity
+    # tier from measured bandwidth (0 = unmeasured); reputation breaks placement ties.
+    coordinate: Coordinate | None = None
+    connectivity_tier: int = 0
+    reputation: float = 0.0
 
     @property
     def available(self) -> bool:
@@ -135,6 +142,7 @@ class BookingRequest:
     regions: tuple[str, ...] = ()
     security_tier: SecurityTier = SecurityTier.ANY
     min_datacenter_tier: int = 0
+    min_connectivity_tier: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,3 +192,4 @@ class Cluster:
     renter_id: str
     request: BookingRequest
     created_at: float
+    predicted_diameter_ms: float | None = None

@@ -38,6 +38,13 @@ def hard_constraints(request: BookingRequest) -> list[tuple[str, Check]]:
                 lambda d: d.attributes.datacenter_tier >= request.min_datacenter_tier,
             )
         )
+    if request.min_connectivity_tier:
+        checks.append(
+            (
+                "connectivity_tier",
+                lambda d: d.connectivity_tier >= request.min_connectivity_tier,
+            )
+        )
     checks.append(
         ("price", lambda d: d.spec.price_micros_per_hour <= request.max_price_micros_per_hour)
     )
@@ -64,6 +71,11 @@ def filter_devices(
 class Placed:
     devices: tuple[Device, ...]
     head: Device
+    # Largest predicted RTT between two members (None where placement does not predict),
+    # the largest RTT measured among them when placement probed, and how many probes it used.
+    predicted_diameter_ms: float | None = None
+    measured_diameter_ms: float | None = None
+    probes: int = 0
 
 
 class Placement(Protocol):

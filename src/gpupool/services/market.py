@@ -85,7 +85,7 @@ class Market:
                     excluded_by={k: v for k, v in placed.excluded_by.items() if v},
                 )
             suffix = new_id("x")[2:]
-            cluster = Cluster("c-" + suffix, renter.id, request, now)
+            cluster = Cluster("c-" + suffix, renter.id, request, now, placed.predicted_diameter_ms)
             lease = Lease(
                 id="l-" + suffix,
                 cluster_id=cluster.id,

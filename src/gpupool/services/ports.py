@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
 from gpupool.domain.models import (
     Account,
@@ -58,6 +59,21 @@ class WorkerRepo(Protocol):
     def heartbeat(self, worker_id: str, now: float) -> None:
         """Record a heartbeat; a worker that was down is up again, and its devices that were
         down because of that are idle again."""
+        ...
+
+    def report_network(
+        self,
+        worker_id: str,
+        at: float,
+        coordinate: Coordinate | None,
+        probe_host: str | None,
+        probe_port: int | None,
+    ) -> None:
+        """Store the worker's network coordinate (when given) and where it answers probes."""
+        ...
+
+    def probe_targets(self, worker_id: str) -> list[tuple[str, str, int]]:
+        """(worker id, host, port) of every other up worker that answers RTT probes."""
         ...
 
     def mark_down_before(self, cutoff: float) -> list[str]:

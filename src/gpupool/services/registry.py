@@ -3,8 +3,10 @@ which leases they should be running; workers that stop sending heartbeats go dow
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.errors import Forbidden, InvalidRequest
 from gpupool.domain.leases import ACTIVE_STATES, Lease, LeaseMember
 from gpupool.domain.liveness import MISSED_HEARTBEATS_FOR_DOWN
@@ -35,6 +37,15 @@ class Registration:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkReport:
+    """What a heartbeat says about the worker's network position."""
+
+    coordinate: Coordinate | None
+    probe_host: str | None
+    probe_port: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """A lease an agent should be running, with the members on this worker."""
 
@@ -49,8 +60,18 @@ class WorkerView:
     devices: tuple[Device, ...]
 
 
+PROBE_PEERS = 4
+
+
 class Registry:
-    def __init__(self, db: Database, clock: Clock, heartbeat_seconds: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        heartbeat_seconds: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._rng = rng or random.Random()  # noqa: S311 (spreads probes, guards nothing)
         self._db = db
         self._clock = clock
         self.heartbeat_seconds = heartbeat_seconds
@@ -86,10 +107,25 @@ class Registry:
             tx.workers.heartbeat(reg.worker_id, now)
             return WorkerView(worker, tuple(tx.workers.devices(reg.worker_id)))
 
-    def heartbeat(self, worker_id: str) -> tuple[int, list[Assignment]]:
+    def heartbeat(
+        self, worker_id: str, network: NetworkReport | None = None
+    ) -> tuple[int, list[Assignment]]:
+        now = self._clock.now()
         with self._db.transaction() as tx:
-            tx.workers.heartbeat(worker_id, self._clock.now())
+            tx.workers.heartbeat(worker_id, now)
+            if network is not None:
+                tx.workers.report_network(
+                    worker_id, now, network.coordinate, network.probe_host, network.probe_port
+                )
         return self.assignments(worker_id)
+
+    def probe_peers(self, worker_id: str) -> list[tuple[str, str, int]]:
+        """A few other workers to measure RTT to this round: PROBE_PEERS drawn at random
+        from every up worker that answers probes, so each round brings new neighbours
+        (Vivaldi needs both near and far peers; random ones give both)."""
+        with self._db.transaction() as tx:
+            targets = tx.workers.probe_targets(worker_id)
+        return self._rng.sample(targets, min(PROBE_PEERS, len(targets)))
 
     def assignments(self, worker_id: str) -> tuple[int, list[Assignment]]:
         """The worker's lease version and the leases it should be running now."""

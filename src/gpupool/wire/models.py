@@ -157,11 +157,40 @@ class ChallengeOut(Response):
     seed_b: str
 
 
+class ProbePeerOut(Response):
+    worker_id: str
+    host: str
+    port: int
+
+
 class AssignmentsOut(Response):
     lease_version: int
     heartbeat_seconds: float
     leases: list[AssignmentOut]
     challenges: list[ChallengeOut] = Field(default_factory=list)
+    probe_peers: list[ProbePeerOut] = Field(
+        default_factory=list, description="Workers to measure RTT to before the next heartbeat."
+    )
+
+
+class CoordinateIn(Request):
+    """A Vivaldi coordinate (docs/placement.md): milliseconds."""
+
+    vec: list[Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]] = Field(
+        min_length=4, max_length=4
+    )
+    height: float = Field(ge=0, le=1e6, allow_inf_nan=False)
+    error: float = Field(ge=0, le=10, allow_inf_nan=False)
+
+
+class HeartbeatIn(Request):
+    coordinate: CoordinateIn | None = None
+    probe_port: int | None = Field(default=None, ge=1, le=65535)
+    probe_host: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Where peers reach the probe port; default: the address the coordinator sees.",
+    )
 
 
 class ChallengeAnswerIn(Request):
@@ -218,6 +247,7 @@ class BookingIn(Request):
     regions: list[Name] = Field(default_factory=list, max_length=64)
     security_tier: SecurityTier = SecurityTier.ANY
     min_datacenter_tier: Tier = 0
+    min_connectivity_tier: Tier = 0
 
 
 class ExtendIn(Request):
@@ -239,6 +269,9 @@ class ClusterOut(Response):
     t2: datetime
     hours: int
     head_device_id: str
+    predicted_diameter_ms: float | None = Field(
+        default=None, description="Largest predicted RTT between two members at booking."
+    )
     price_per_hour: str = Field(description="All devices together, per hour.")
     total_price: str
     reason: str

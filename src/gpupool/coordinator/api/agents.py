@@ -11,11 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api import convert
 from gpupool.coordinator.api.deps import ServicesDep, SignedDep, SupplierDep, WorkerDep
+from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.models import DeviceSpec, Location
 from gpupool.domain.money import to_micros
 from gpupool.services.capability import Opening
 from gpupool.services.ports import ChallengeRecord
-from gpupool.services.registry import Assignment, Registration
+from gpupool.services.registry import Assignment, NetworkReport, Registration
 from gpupool.services.timelock import BatchIn
 from gpupool.wire import models as w
 
@@ -23,9 +24,14 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
 
 def _assignments(
-    svc: ServicesDep, worker_id: str, version: int, leases: list[Assignment]
+    svc: ServicesDep,
+    worker_id: str,
+    version: int,
+    leases: list[Assignment],
+    probe_peers: list[tuple[str, str, int]] = [],  # noqa: B006 (never mutated)
 ) -> w.AssignmentsOut:
     return w.AssignmentsOut(
+        probe_peers=[w.ProbePeerOut(worker_id=p, host=h, port=n) for p, h, n in probe_peers],
         lease_version=version,
         heartbeat_seconds=svc.settings.heartbeat_seconds,
         leases=[convert.assignment(a) for a in leases],
@@ -72,9 +78,23 @@ async def register(
 
 
 @router.post("/heartbeat")
-async def heartbeat(worker_id: WorkerDep, svc: ServicesDep) -> w.AssignmentsOut:
-    version, leases = await run_in_threadpool(svc.registry.heartbeat, worker_id)
-    return await run_in_threadpool(_assignments, svc, worker_id, version, leases)
+async def heartbeat(
+    request: Request, worker_id: WorkerDep, svc: ServicesDep, body: w.HeartbeatIn | None = None
+) -> w.AssignmentsOut:
+    """Liveness, plus (optionally) the worker's network coordinate and probe port; the
+    answer names peers to measure RTT to next."""
+    network = None
+    if body is not None:
+        c = body.coordinate
+        seen = request.client.host if request.client else None
+        network = NetworkReport(
+            Coordinate(tuple(c.vec), c.height, c.error) if c is not None else None,
+            (body.probe_host or seen) if body.probe_port else None,
+            body.probe_port,
+        )
+    version, leases = await run_in_threadpool(svc.registry.heartbeat, worker_id, network)
+    peers = await run_in_threadpool(svc.registry.probe_peers, worker_id)
+    return await run_in_threadpool(_assignments, svc, worker_id, version, leases, peers)
 
 
 @router.get("/leases")

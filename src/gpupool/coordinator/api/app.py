@@ -21,7 +21,8 @@ from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
 from gpupool.crypto.identity import Identity
-from gpupool.domain.placement import FirstFit, Placement
+from gpupool.domain.grouping import LatencyAware
+from gpupool.domain.placement import Placement
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth
 from gpupool.services.challenges import Challenges
@@ -44,7 +45,7 @@ def build_services(
         market=Market(
             db,
             clock,
-            placement or FirstFit(),
+            placement or LatencyAware(),
             settings.hour_seconds,
             settings.provision_deadline_seconds,
         ),

@@ -26,6 +26,7 @@ def booking(body: w.BookingIn) -> BookingRequest:
         regions=tuple(body.regions),
         security_tier=body.security_tier,
         min_datacenter_tier=body.min_datacenter_tier,
+        min_connectivity_tier=body.min_connectivity_tier,
     )
 
 

@@ -97,6 +97,7 @@ def cluster(view: ClusterView) -> w.ClusterOut:
         t2=ts(lease.t2),
         hours=lease.hours,
         head_device_id=lease.head_device_id,
+        predicted_diameter_ms=view.cluster.predicted_diameter_ms,
         price_per_hour=format_micros(lease.price_micros_per_hour),
         total_price=format_micros(lease.price_micros_per_hour * lease.hours),
         reason=lease.reason,

@@ -24,6 +24,7 @@ from gpupool.coordinator.storage.tables import (
     nonces,
     workers,
 )
+from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
 from gpupool.domain.models import (
     Account,
@@ -134,7 +135,18 @@ def _device(row: Any) -> Device:
         verified=bool(row.verified),
         flops=row.flops,
         challenged_at=row.challenged_at,
+        coordinate=_coordinate(row),
+        connectivity_tier=row.connectivity_tier,
     )
+
+
+def _coordinate(row: Any) -> Coordinate | None:
+    if row.coord_vec is None or row.coord_height is None or row.coord_error is None:
+        return None
+    try:
+        return Coordinate(tuple(float(v) for v in row.coord_vec), row.coord_height, row.coord_error)
+    except (TypeError, ValueError):
+        return None
 
 
 class SqlWorkers:
@@ -227,6 +239,38 @@ class SqlWorkers:
             .values(status=DeviceStatus.IDLE.value)
         )
 
+    def report_network(
+        self,
+        worker_id: str,
+        at: float,
+        coordinate: Coordinate | None,
+        probe_host: str | None,
+        probe_port: int | None,
+    ) -> None:
+        values: dict[str, Any] = {"probe_host": probe_host, "probe_port": probe_port}
+        if coordinate is not None:
+            values |= {
+                "coord_vec": list(coordinate.vec),
+                "coord_height": coordinate.height,
+                "coord_error": coordinate.error,
+                "coord_at": at,
+            }
+        self._c.execute(workers.update().where(workers.c.id == worker_id).values(**values))
+
+    def probe_targets(self, worker_id: str) -> list[tuple[str, str, int]]:
+        """(worker id, host, port) of every other up worker that answers RTT probes."""
+        rows = self._c.execute(
+            sa.select(workers.c.id, workers.c.probe_host, workers.c.probe_port)
+            .where(
+                workers.c.id != worker_id,
+                workers.c.status == WorkerStatus.UP.value,
+                workers.c.probe_port.is_not(None),
+                workers.c.probe_host.is_not(None),
+            )
+            .order_by(workers.c.id)
+        )
+        return [(r.id, r.probe_host, r.probe_port) for r in rows]
+
     def mark_down_before(self, cutoff: float) -> list[str]:
         stale = list(
             self._c.execute(
@@ -266,6 +310,10 @@ class SqlWorkers:
                 workers.c.datacenter_tier,
                 workers.c.soc2_claimed,
                 accounts.c.soc2_verified,
+                workers.c.coord_vec,
+                workers.c.coord_height,
+                workers.c.coord_error,
+                workers.c.connectivity_tier,
             )
             .join(workers, workers.c.id == devices.c.worker_id)
             .join(accounts, accounts.c.id == workers.c.supplier_id)
@@ -344,6 +392,7 @@ def request_to_json(request: BookingRequest) -> dict[str, Any]:
         "regions": list(request.regions),
         "security_tier": request.security_tier.value,
         "min_datacenter_tier": request.min_datacenter_tier,
+        "min_connectivity_tier": request.min_connectivity_tier,
     }
 
 
@@ -358,11 +407,18 @@ def request_from_json(data: dict[str, Any]) -> BookingRequest:
         regions=tuple(data["regions"]),
         security_tier=SecurityTier(data["security_tier"]),
         min_datacenter_tier=data["min_datacenter_tier"],
+        min_connectivity_tier=data.get("min_connectivity_tier", 0),
     )
 
 
 def _cluster(row: Any) -> Cluster:
-    return Cluster(row.id, row.renter_id, request_from_json(row.request), row.created_at)
+    return Cluster(
+        row.id,
+        row.renter_id,
+        request_from_json(row.request),
+        row.created_at,
+        row.predicted_diameter_ms,
+    )
 
 
 class SqlLeases:
@@ -376,6 +432,7 @@ class SqlLeases:
                 renter_id=cluster.renter_id,
                 request=request_to_json(cluster.request),
                 created_at=cluster.created_at,
+                predicted_diameter_ms=cluster.predicted_diameter_ms,
             )
         )
         self._c.execute(

@@ -35,6 +35,17 @@ workers = sa.Table(
     sa.Column("agent_version", sa.String(32), nullable=False),
     sa.Column("sandbox", sa.String(64), nullable=False),
     sa.Column("lease_version", sa.BigInteger, nullable=False, default=0),
+    # Network position (docs/placement.md): Vivaldi coordinate, where peers probe it, and
+    # measured bandwidth with the connectivity tier it gives.
+    sa.Column("coord_vec", sa.JSON, nullable=True),
+    sa.Column("coord_height", sa.Double, nullable=True),
+    sa.Column("coord_error", sa.Double, nullable=True),
+    sa.Column("coord_at", sa.Double, nullable=True),
+    sa.Column("probe_host", sa.String(64), nullable=True),
+    sa.Column("probe_port", sa.Integer, nullable=True),
+    sa.Column("upload_mbps", sa.Double, nullable=True),
+    sa.Column("download_mbps", sa.Double, nullable=True),
+    sa.Column("connectivity_tier", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_workers_supplier", "supplier_id"),
 )
 
@@ -70,6 +81,7 @@ clusters = sa.Table(
     sa.Column("renter_id", sa.String(32), sa.ForeignKey("accounts.id"), nullable=False),
     sa.Column("request", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("predicted_diameter_ms", sa.Double, nullable=True),
     sa.Index("ix_clusters_renter", "renter_id"),
 )
 

@@ -1,0 +1,75 @@
+"""Network coordinates through heartbeats, probe peers, and latency-aware booking end to
+end through the API and the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpupool.wire import models as w
+from tests.api.conftest import AgentSim, Api
+
+
+@pytest.fixture
+def renter(api: Api) -> str:
+    return api.account("renter", "renter")
+
+
+@pytest.fixture
+def agents(api: Api) -> list[AgentSim]:
+    sims = [api.agent(api.account("supplier", f"s{i}")) for i in range(3)]
+    for sim in sims:
+        sim.register(devices=2)
+    return sims
+
+
+def _report(agent: AgentSim, x: float, port: int | None = 40000, **extra: Any) -> w.AssignmentsOut:
+    return agent.link.heartbeat(
+        w.HeartbeatIn(
+            coordinate=w.CoordinateIn(vec=[x, 0.0, 0.0, 0.0], height=0.5, error=0.2),
+            probe_port=port,
+            **extra,
+        )
+    )
+
+
+def test_heartbeats_store_coordinates_and_name_peers_to_probe(
+    api: Api, agents: list[AgentSim]
+) -> None:
+    for i, agent in enumerate(agents):
+        _report(agent, float(i), port=40000 + i, probe_host=f"10.0.0.{i + 1}")
+    answer = _report(agents[0], 0.0, port=40000, probe_host="10.0.0.1")
+    peers = {(p.worker_id, p.host, p.port) for p in answer.probe_peers}
+    expected = {(a.worker_id, f"10.0.0.{i + 1}", 40000 + i) for i, a in enumerate(agents)}
+    assert peers and peers <= expected - {(agents[0].worker_id, "10.0.0.1", 40000)}
+    with api.db.transaction() as tx:
+        device = tx.workers.devices(agents[1].worker_id)[0]
+    assert device.coordinate is not None and device.coordinate.vec[0] == 1.0
+
+
+def test_booking_picks_the_close_workers_and_reports_the_predicted_diameter(
+    api: Api, renter: str, agents: list[AgentSim]
+) -> None:
+    a, b, c = agents
+    _report(a, 0.0)
+    _report(b, 200.0)
+    _report(c, 3.0)
+    r = api.book(renter, devices=4)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    workers = {m["device_id"].split(":")[0] for m in body["members"]}
+    assert workers == {a.worker_id, c.worker_id}
+    assert body["predicted_diameter_ms"] == 4.0  # 3 ms apart plus two 0.5 ms heights
+
+
+def test_a_malformed_coordinate_is_refused_with_a_reason(api: Api, agents: list[AgentSim]) -> None:
+    from gpupool.agent.link import LinkError
+
+    bad = {"coordinate": {"vec": [1.0, 2.0], "height": -1, "error": 0.1}}
+    try:
+        agents[0].link.call("POST", "/v1/agent/heartbeat", bad)
+    except LinkError as exc:
+        assert exc.status == 422
+    else:
+        raise AssertionError("a two-dimensional coordinate was accepted")
