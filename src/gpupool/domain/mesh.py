@@ -83,6 +83,7 @@ class Member:
 @dataclass(frozen=True)
 class Peer:
     worker_id: str
+    address: str  # the peer's own overlay IPv4 (its direct address derives from it)
     public_key: str
     endpoint: str | None
     allowed_ips: tuple[str, ...]  # sorted CIDRs: /32s and the peer's direct /128
@@ -168,7 +169,7 @@ def peer_maps(
 
     def map_for(node: Member, others: Iterable[Member]) -> PeerMap:
         peers = tuple(
-            Peer(p.worker_id, p.public_key, p.endpoint, allowed(node.worker_id, p))
+            Peer(p.worker_id, p.address, p.public_key, p.endpoint, allowed(node.worker_id, p))
             for p in sorted(others, key=lambda m: m.worker_id)
         )
         return PeerMap(
