@@ -304,6 +304,17 @@ class SqlWorkers:
         return int(version or 0)
 
 
+# Built once: every batch of samples reads its lease and the worker's members in it, and
+# building the statements per call cost more than running them.
+_LEASE_FOR_UPDATE = leases.select().where(leases.c.id == sa.bindparam("id")).with_for_update()
+_MEMBERS = (
+    lease_members.select()
+    .where(lease_members.c.lease_id == sa.bindparam("lease"))
+    .order_by(lease_members.c.device_id)
+)
+_WORKER_MEMBERS = _MEMBERS.where(lease_members.c.worker_id == sa.bindparam("worker"))
+
+
 def _lease(row: Any) -> Lease:
     return Lease(
         id=row.id,
@@ -452,9 +463,7 @@ class SqlLeases:
         return _lease(row) if row else None
 
     def lease_for_update(self, lease_id: str) -> Lease | None:
-        row = self._c.execute(
-            leases.select().where(leases.c.id == lease_id).with_for_update()
-        ).first()
+        row = self._c.execute(_LEASE_FOR_UPDATE, {"id": lease_id}).first()
         return _lease(row) if row else None
 
     def lease_of_cluster(self, cluster_id: str) -> Lease:
@@ -462,10 +471,10 @@ class SqlLeases:
         return _lease(row)
 
     def members(self, lease_id: str, worker_id: str | None = None) -> list[LeaseMember]:
-        query = lease_members.select().where(lease_members.c.lease_id == lease_id)
-        if worker_id is not None:
-            query = query.where(lease_members.c.worker_id == worker_id)
-        rows = self._c.execute(query.order_by(lease_members.c.device_id))
+        if worker_id is None:
+            rows = self._c.execute(_MEMBERS, {"lease": lease_id})
+        else:
+            rows = self._c.execute(_WORKER_MEMBERS, {"lease": lease_id, "worker": worker_id})
         return [_member(row) for row in rows]
 
     def save_lease(self, lease: Lease) -> None:
