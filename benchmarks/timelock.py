@@ -132,11 +132,14 @@ def bench_verify(hours: float, repeat: int) -> dict[str, Any]:
 def _ingest_worker(
     url: str, supplier_key: str, agents: int, devices: int, start: Any, stop_at: Any, out: Any
 ) -> None:
-    """One client process: registers `agents` workers, then posts signed batches as fast as
-    the coordinator answers, one request per agent per round (all its devices at once)."""
+    """One client process: registers `agents` workers, then runs each as its own thread,
+    posting signed batches as fast as the coordinator answers, one request per round (all
+    its devices at once). Agents are independent machines, each with its own request in
+    flight; the threads only share this process's interpreter."""
+    import threading
+
     from gpupool.agent.challenger import Challenger
     from gpupool.agent.link import CoordinatorLink
-    from gpupool.agent.recorder import Head, seal
     from gpupool.wire import models as w
 
     sims = []
@@ -167,57 +170,73 @@ def _ingest_worker(
             challenger.solve(c)
         sims.append((identity, link))
     start.wait()
+    totals: list[tuple[int, int]] = []
+    threads = [
+        threading.Thread(target=lambda a=agent: totals.append(_run_agent(*a, stop_at)))
+        for agent in sims
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((sum(a for a, _ in totals), sum(r for _, r in totals)))
+
+
+def _run_agent(identity: Identity, link: Any, stop_at: Any) -> tuple[int, int]:
+    """One agent's loop: ten samples per device per request, chained, signed and sent as the
+    agent's recorder does; (samples accepted, batches refused)."""
+    from gpupool.agent.recorder import Head, seal
+    from gpupool.wire import models as w
+
     heads: dict[tuple[str, str], Head | None] = {}
     last_ms: dict[tuple[str, str], int] = {}
-    leases = {id(link): link.heartbeat().leases for _, link in sims}
+    leases = link.heartbeat().leases
+    beacon = link.beacon()
     accepted = refused = 0
-    beacons = {id(link): link.beacon() for _, link in sims}
     while time.time() < stop_at.value:
-        for identity, link in sims:
-            beacon = beacons[id(link)]  # as the agent does: the last answer's beacon
-            batches = []
-            now = round(time.time() * 1000)
-            for lease in leases[id(link)]:
-                for device in lease.local_devices:
-                    key = (lease.lease_id, device)
-                    unsealed = []
-                    for i in range(10):
-                        t = max(now - 10 + i, last_ms.get(key, 0) + 1)
-                        last_ms[key] = t
-                        unsealed.append(
-                            {
-                                "lease": lease.lease_id,
-                                "device": device,
-                                "time_ms": t,
-                                "beacon": beacon.number,
-                                "beacon_value": beacon.value,
-                                "processes": [{"pid": 7, "name": "python", "owner": "lease"}],
-                                "utilization_pct": 50 + i,
-                                "memory_mb": 100,
-                                "power_mw": None,
-                                "temperature_c": None,
-                                "violations": [],
-                            }
-                        )
-                    sealed, head = seal(unsealed, heads.get(key))
-                    signature = identity.sign(
-                        batch_message(lease.lease_id, device, head.seq, head.hash)
+        batches = []
+        now = round(time.time() * 1000)
+        for lease in leases:
+            for device in lease.local_devices:
+                key = (lease.lease_id, device)
+                unsealed = []
+                for i in range(10):
+                    t = max(now - 10 + i, last_ms.get(key, 0) + 1)
+                    last_ms[key] = t
+                    unsealed.append(
+                        {
+                            "lease": lease.lease_id,
+                            "device": device,
+                            "time_ms": t,
+                            "beacon": beacon.number,
+                            "beacon_value": beacon.value,
+                            "processes": [{"pid": 7, "name": "python", "owner": "lease"}],
+                            "utilization_pct": 50 + i,
+                            "memory_mb": 100,
+                            "power_mw": None,
+                            "temperature_c": None,
+                            "violations": [],
+                        }
                     )
-                    heads[key] = head
-                    batches.append(
-                        w.SampleBatchIn(
-                            lease_id=lease.lease_id,
-                            device_id=device,
-                            samples=sealed,
-                            signature=b64(signature),
-                        )
+                sealed, head = seal(unsealed, heads.get(key))
+                signature = identity.sign(
+                    batch_message(lease.lease_id, device, head.seq, head.hash)
+                )
+                heads[key] = head
+                batches.append(
+                    w.SampleBatchIn(
+                        lease_id=lease.lease_id,
+                        device_id=device,
+                        samples=sealed,
+                        signature=b64(signature),
                     )
-            answer = link.send_samples(w.SamplesIn(batches=batches))
-            beacons[id(link)] = answer.beacon
-            for r in answer.results:
-                accepted += r.accepted
-                refused += r.refused is not None
-    out.put((accepted, refused))
+                )
+        answer = link.send_samples(w.SamplesIn(batches=batches))
+        beacon = answer.beacon  # as the agent does: the last answer's beacon
+        for r in answer.results:
+            accepted += r.accepted
+            refused += r.refused is not None
+    return accepted, refused
 
 
 def bench_ingest(agents: int, devices: int, seconds: float, processes: int) -> dict[str, Any]:

@@ -208,6 +208,76 @@ def test_forged_broken_stale_future_and_replayed_batches_are_refused_with_a_reas
     assert _post(leased, fresh).refused is None  # the chain itself is intact
 
 
+def _signed_samples_request(
+    leased: Leased, samples: list[dict[str, Any]]
+) -> tuple[bytes, dict[str, str]]:
+    from gpupool.crypto.requests import sign_request
+    from gpupool.crypto.timelock import sample_hash
+
+    last = samples[-1]
+    signature = leased.sim.identity.sign(
+        batch_message(leased.lease_id, leased.device_id, last["seq"], sample_hash(last))
+    )
+    body = json.dumps(
+        {
+            "batches": [
+                {
+                    "lease_id": leased.lease_id,
+                    "device_id": leased.device_id,
+                    "samples": samples,
+                    "signature": b64(signature),
+                }
+            ]
+        }
+    ).encode()
+    now = leased.sim.api.clock.now()
+    headers = sign_request(leased.sim.identity, "POST", "/v1/agent/samples", body, now).as_dict()
+    return body, {**headers, "Content-Type": "application/json"}
+
+
+def _stored_samples(api: Api, leased: Leased) -> int:
+    with api.db.transaction() as tx:
+        return len(tx.proofs.samples(leased.lease_id))
+
+
+def test_a_replayed_sample_request_is_refused_and_stores_nothing_twice(
+    api: Api, renter: str, sim: AgentSim, tmp_path: Path
+) -> None:
+    leased = _lease(api, renter, sim, tmp_path)
+    samples, _ = seal(_unsealed(api, leased), None)
+    body, headers = _signed_samples_request(leased, samples)
+    first = api.http.post("/v1/agent/samples", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["results"][0]["accepted"] == 3
+    again = api.http.post("/v1/agent/samples", content=body, headers=headers)
+    assert again.status_code == 401
+    assert "replayed" in again.json()["message"]
+    assert _stored_samples(api, leased) == 3
+
+
+def test_a_malformed_sample_request_is_refused_after_its_signature_is_checked(
+    api: Api, renter: str, sim: AgentSim, tmp_path: Path
+) -> None:
+    from gpupool.crypto.requests import sign_request
+
+    leased = _lease(api, renter, sim, tmp_path)
+    _, headers = _signed_samples_request(leased, seal(_unsealed(api, leased), None)[0])
+    wrong = json.dumps({"batches": "none"}).encode()
+    r = api.http.post("/v1/agent/samples", content=wrong, headers=headers)
+    assert r.status_code == 401  # signed over other bytes: the signature comes first
+
+    headers = sign_request(sim.identity, "POST", "/v1/agent/samples", wrong, api.clock.now())
+    r = api.http.post(
+        "/v1/agent/samples",
+        content=wrong,
+        headers={**headers.as_dict(), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422
+    assert r.json()["error"] == "invalid_request"
+    assert r.json()["problems"][0]["loc"][:2] == ["body", "batches"]
+    assert _stored_samples(api, leased) == 0
+
+
 def _export(api: Api, renter: str, leased: Leased, folder: Path) -> Path:
     """Fetch the lease's proof as its renter and write it as `gpupool proof export` does."""
     r = api.http.get(f"/v1/clusters/{leased.cluster_id}/proof/export", headers=api.as_key(renter))

@@ -56,6 +56,17 @@ class CoordinatorLink:
         with_key: bool = False,
     ) -> Any:
         body = b"" if payload is None else json.dumps(payload).encode()
+        return json.loads(self._send(method, path, body, timeout, with_key))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        timeout: float | None = None,
+        with_key: bool = False,
+    ) -> bytes:
+        """Sign and send `body` exactly; the answer's bytes, or LinkError."""
         headers = sign_request(self._identity, method, path, body, self._clock()).as_dict()
         if body:
             headers["Content-Type"] = "application/json"
@@ -78,7 +89,7 @@ class CoordinatorLink:
             except ValueError:
                 code, message = "error", response.text[:200]
             raise LinkError(response.status_code, code, message)
-        return response.json()
+        return response.content
 
     def register(self, registration: w.WorkerRegister) -> w.WorkerOut:
         data = self.call(
@@ -108,8 +119,9 @@ class CoordinatorLink:
         return w.BeaconOut.model_validate(self.call("GET", "/v1/agent/beacon"))
 
     def send_samples(self, batches: w.SamplesIn) -> w.SamplesOut:
-        data = self.call("POST", "/v1/agent/samples", batches.model_dump(mode="json"))
-        return w.SamplesOut.model_validate(data)
+        # The largest bodies an agent sends: serialized and parsed by pydantic directly.
+        answer = self._send("POST", "/v1/agent/samples", batches.model_dump_json().encode())
+        return w.SamplesOut.model_validate_json(answer)
 
     def challenge_answer(self, challenge_id: str, root: str, compute_seconds: float) -> list[int]:
         body = {"root": root, "compute_seconds": compute_seconds}

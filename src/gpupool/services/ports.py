@@ -10,7 +10,7 @@ SQLite, and `gpupool.testing.ManualClock` for time.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -118,7 +118,10 @@ class LeaseRepo(Protocol):
         ...
 
     def lease_of_cluster(self, cluster_id: str) -> Lease: ...
-    def members(self, lease_id: str) -> list[LeaseMember]: ...
+    def members(self, lease_id: str, worker_id: str | None = None) -> list[LeaseMember]:
+        """The lease's members, or only those of one worker."""
+        ...
+
     def save_lease(self, lease: Lease) -> None: ...
     def set_member(
         self, lease_id: str, device_id: str, state: MemberState, reason: str, now: float
@@ -142,6 +145,14 @@ class StoredHead:
     seq: int
     hash: str
     time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeadMove:
+    lease_id: str
+    device_id: str
+    previous: StoredHead | None
+    head: StoredHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +199,15 @@ class ChallengeRecord:
 
 class ProofRepo(Protocol):
     def head(self, lease_id: str, device_id: str) -> StoredHead | None: ...
-    def heads(self, lease_id: str) -> dict[str, StoredHead]: ...
-    def move_head(
-        self, lease_id: str, device_id: str, previous: StoredHead | None, head: StoredHead
-    ) -> bool:
-        """Move a chain's head from `previous` (None: start it); False if it moved meanwhile."""
+    def heads(
+        self, lease_id: str, device_ids: Collection[str] | None = None
+    ) -> dict[str, StoredHead]:
+        """Chain heads by device, of every device of the lease or only of `device_ids`."""
+        ...
+
+    def move_heads(self, moves: Sequence[HeadMove]) -> bool:
+        """Move chain heads, in order, each from its `previous` (None: start the chain);
+        False if any had moved meanwhile (the caller must then roll back)."""
         ...
 
     def add_samples(self, rows: Sequence[tuple[str, str, StoredSample]]) -> None: ...

@@ -1,8 +1,9 @@
 """Proof of Time-Lock on the coordinator: beacons, accepting signed sample batches, and
 certificates at lease end.
 
-Each batch is checked in its own transaction with the lease row locked, so two batches of one
-chain never interleave, and is committed before the agent hears "accepted". The rules
+A request's batches are checked in one transaction with their leases locked, so two batches
+of one chain never interleave, and are committed, with the request's nonce, before the agent
+hears "accepted". The rules
 (chain continuity, beacon freshness, coverage, plausibility, verdict) are the pure functions
 of `domain.timelock`; this module fetches, hashes, verifies signatures, and stores.
 """
@@ -21,18 +22,21 @@ from gpupool.crypto.timelock import (
     beacon_secret,
     beacon_value,
     certificate_message,
+    sample_json,
 )
 from gpupool.domain.errors import Conflict, InvalidRequest
-from gpupool.domain.leases import TERMINAL_STATES, Lease, LeaseState
+from gpupool.domain.leases import ACTIVE_STATES, TERMINAL_STATES, Lease, LeaseState
 from gpupool.domain.models import Account
 from gpupool.domain.timelock import certificate, chain
 from gpupool.domain.timelock.anomaly import ModelStats
 from gpupool.domain.timelock.samples import Sample
 from gpupool.domain.timelock.telemetry import DeviceProfile
+from gpupool.services.agent_auth import Authenticated
 from gpupool.services.market import own_cluster
 from gpupool.services.ports import (
     Clock,
     Database,
+    HeadMove,
     StoredBatch,
     StoredCertificate,
     StoredHead,
@@ -129,23 +133,30 @@ class TimeLock:
 
     # samples --------------------------------------------------------------------------------
 
-    def accept(self, worker_id: str, batches: list[BatchIn]) -> list[BatchResult]:
+    def accept(self, request: Authenticated, batches: list[BatchIn]) -> list[BatchResult]:
         """Check and store one request's batches in one transaction (one commit), each batch
-        accepted whole or refused with a code. Leases are locked in id order, so two requests
-        never wait on each other in a circle."""
+        accepted whole or refused with a code. The request's nonce is remembered in that
+        transaction, so a replay is refused and nothing of a failed request is kept. Leases
+        are locked in id order, so two requests never wait on each other in a circle.
+
+        Parsing, encoding, hashing and signature checks need no database and are done
+        before the transaction opens, which keeps its lock short."""
+        prepared = [_Prepared.of(batch, request.public_key) for batch in batches]
         order = sorted(range(len(batches)), key=lambda k: (batches[k].lease_id, k))
         results: dict[int, BatchResult] = {}
         with self._db.transaction() as tx:
-            worker = tx.workers.get(worker_id)
-            assert worker is not None  # the request was signed by this worker
-            work = _Request(tx, worker_id, worker.public_key)
+            request.remember_nonce(tx)
+            work = _Request(tx, request.worker_id)
             for k in order:
-                results[k] = self._accept_one(work, batches[k])
+                results[k] = self._accept_one(work, batches[k], prepared[k])
+            # The leases are locked, so no other request can have moved these heads.
+            if not tx.proofs.move_heads(work.moves):
+                raise Conflict("a chain moved while this request was checked; send it again")
             tx.proofs.add_samples(work.samples)
             tx.proofs.add_batches(work.batches)
         return [results[k] for k in range(len(batches))]
 
-    def _accept_one(self, work: _Request, batch: BatchIn) -> BatchResult:
+    def _accept_one(self, work: _Request, batch: BatchIn, ready: _Prepared) -> BatchResult:
         def refuse(code: str, reason: str, head: StoredHead | None = None) -> BatchResult:
             return BatchResult(
                 batch.lease_id,
@@ -163,17 +174,14 @@ class TimeLock:
                 "not-a-member",
                 f"device {batch.device_id} of this worker is not in lease {batch.lease_id}",
             )
-        try:
-            parsed = [Sample.from_dict(s) for s in batch.samples]
-        except InvalidRequest as exc:
-            return refuse("malformed", exc.message)
-        # from_dict refuses unknown fields and wrong types, so the dict as sent is the sample
-        bodies = [canonical_json(s) for s in batch.samples]
-        hashes = [sha256_hex(body) for body in bodies]
+        if ready.malformed is not None:
+            return refuse("malformed", ready.malformed)
         head = lease_info.heads.get(batch.device_id)
-        message = batch_message(batch.lease_id, batch.device_id, parsed[-1].seq, hashes[-1])
-        if not _signature_holds(work.public_key, batch.signature, message):
+        if not ready.samples:
+            return refuse(chain.RefusalCode.EMPTY.value, "the batch holds no samples", head)
+        if not ready.signed:
             return refuse("bad-signature", "the batch signature does not verify", head)
+        parsed, hashes = ready.samples, ready.hashes
         now = self._now_ms()
         if head is not None and head.hash == hashes[-1] and head.seq == parsed[-1].seq:
             # A resend of the batch we already stored (its answer was lost): say so again.
@@ -194,12 +202,11 @@ class TimeLock:
         if refusal is not None:
             return refuse(refusal.code.value, refusal.message, head)
         new_head = StoredHead(parsed[-1].seq, hashes[-1], parsed[-1].time_ms)
-        if not work.tx.proofs.move_head(batch.lease_id, batch.device_id, head, new_head):
-            return refuse("chain-broken", "another batch of this chain arrived first", head)
+        work.moves.append(HeadMove(batch.lease_id, batch.device_id, head, new_head))
         lease_info.heads[batch.device_id] = new_head
         work.samples.extend(
             (batch.lease_id, batch.device_id, StoredSample(s.seq, s.time_ms, h, body.decode()))
-            for s, h, body in zip(parsed, hashes, bodies, strict=True)
+            for s, h, body in zip(parsed, hashes, ready.bodies, strict=True)
         )
         work.batches.append(
             (
@@ -334,6 +341,33 @@ class _LeaseInfo:
     heads: dict[str, StoredHead]
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What can be made of a batch before its chain is read: the parsed samples, their
+    canonical bytes and hashes, whether the agent's signature holds, or why it is
+    malformed."""
+
+    samples: list[Sample]
+    bodies: list[bytes]
+    hashes: list[str]
+    signed: bool
+    malformed: str | None = None
+
+    @classmethod
+    def of(cls, batch: BatchIn, public_key: str) -> _Prepared:
+        try:
+            parsed = [Sample.from_dict(s) for s in batch.samples]
+        except InvalidRequest as exc:
+            return cls([], [], [], False, exc.message)
+        if not parsed:  # check_batch names it
+            return cls([], [], [], False)
+        # from_dict refuses unknown fields and wrong types, so the dict as sent is the sample
+        bodies = [sample_json(s) for s in batch.samples]
+        hashes = [sha256_hex(body) for body in bodies]
+        message = batch_message(batch.lease_id, batch.device_id, parsed[-1].seq, hashes[-1])
+        return cls(parsed, bodies, hashes, _signature_holds(public_key, batch.signature, message))
+
+
 @dataclass
 class _Request:
     """What one request's batches share: the transaction, the worker, the leases it names
@@ -341,7 +375,7 @@ class _Request:
 
     tx: Transaction
     worker_id: str
-    public_key: str
+    moves: list[HeadMove] = field(default_factory=list)
     samples: list[tuple[str, str, StoredSample]] = field(default_factory=list)
     batches: list[tuple[str, str, StoredBatch]] = field(default_factory=list)
     _leases: dict[str, _LeaseInfo | None] = field(default_factory=dict)
@@ -349,20 +383,16 @@ class _Request:
     def lease(self, lease_id: str) -> _LeaseInfo | None:
         if lease_id not in self._leases:
             lease = self.tx.leases.lease_for_update(lease_id)
-            self._leases[lease_id] = (
-                None
-                if lease is None
-                else _LeaseInfo(
+            if lease is None:
+                self._leases[lease_id] = None
+            else:
+                devices = {m.device_id for m in self.tx.leases.members(lease_id, self.worker_id)}
+                self._leases[lease_id] = _LeaseInfo(
                     lease,
-                    {
-                        m.device_id
-                        for m in self.tx.leases.members(lease_id)
-                        if m.worker_id == self.worker_id
-                    },
+                    devices,
                     _end_ms(self.tx, lease),
-                    self.tx.proofs.heads(lease_id),
+                    self.tx.proofs.heads(lease_id, devices),
                 )
-            )
         return self._leases[lease_id]
 
 
@@ -376,6 +406,8 @@ def _signature_holds(public_key_b64: str, signature_b64: str, message: bytes) ->
 def _end_ms(tx: Transaction, lease: Lease) -> int:
     """When the lease stopped running: T2, or earlier when it was terminated or failed."""
     end = lease.t2
+    if lease.state in ACTIVE_STATES:
+        return round(end * 1000)  # states only move forward: no end or failure yet
     for at, state, _note in tx.leases.events(lease.id):
         if state in (LeaseState.ENDING, LeaseState.FAILED):
             end = min(end, at)

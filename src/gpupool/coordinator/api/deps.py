@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -94,3 +96,36 @@ ViewerDep = Annotated[Account | None, Depends(account_or_admin)]
 WorkerDep = Annotated[str, Depends(worker)]
 SignedDep = Annotated[SignedRequest, Depends(signed_request)]
 AdminDep = Depends(admin)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse_body(model: type[Model], raw: bytes) -> Model:
+    """A route's JSON body parsed straight from its bytes (pydantic's own JSON parser), and
+    refused as FastAPI refuses a body. For the large signed bodies whose bytes a route holds
+    anyway: FastAPI would parse them a second time, with the slower standard parser."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a body that the route parses with `parse_body`."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    content = {"application/json": {"schema": inline(schema)}}
+    return {"requestBody": {"required": True, "content": content}}

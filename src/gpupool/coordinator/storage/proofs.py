@@ -4,7 +4,7 @@ anomaly statistics) and capability challenges."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from gpupool.coordinator.storage.tables import (
 )
 from gpupool.services.ports import (
     ChallengeRecord,
+    HeadMove,
     StoredBatch,
     StoredCertificate,
     StoredHead,
@@ -34,19 +35,32 @@ from gpupool.services.ports import (
 _HEAD = sa.text(
     "SELECT seq, hash, time_ms FROM chain_heads WHERE lease_id = :lease AND device_id = :device"
 )
-_MOVE_HEAD = sa.text(
-    "UPDATE chain_heads SET seq = :seq, hash = :hash, time_ms = :time_ms "
-    "WHERE lease_id = :lease AND device_id = :device AND seq = :old_seq"
+_HEADS = sa.text("SELECT device_id, seq, hash, time_ms FROM chain_heads WHERE lease_id = :lease")
+_HEADS_OF = sa.text(
+    "SELECT device_id, seq, hash, time_ms FROM chain_heads "
+    "WHERE lease_id = :lease AND device_id IN :devices"
+).bindparams(sa.bindparam("devices", expanding=True))
+# Writes of many rows go to the driver's own executemany with plain tuples: SQLAlchemy's
+# per-row parameter processing cost more than SQLite's inserts. Placeholders follow the
+# driver's paramstyle (sqlite3: qmark; psycopg: pyformat).
+_MOVE_HEAD = {
+    "qmark": "UPDATE chain_heads SET seq = ?, hash = ?, time_ms = ? "
+    "WHERE lease_id = ? AND device_id = ? AND seq = ?",
+    "pyformat": "UPDATE chain_heads SET seq = %s, hash = %s, time_ms = %s "
+    "WHERE lease_id = %s AND device_id = %s AND seq = %s",
+}
+_SAMPLE_COLUMNS = "INSERT INTO samples (lease_id, device_id, seq, time_ms, hash, body) "
+_INSERT_SAMPLE = {
+    "qmark": _SAMPLE_COLUMNS + "VALUES (?, ?, ?, ?, ?, ?)",
+    "pyformat": _SAMPLE_COLUMNS + "VALUES (%s, %s, %s, %s, %s, %s)",
+}
+_BATCH_COLUMNS = (
+    "INSERT INTO sample_batches (lease_id, device_id, last_seq, last_hash, signature, received_ms) "
 )
-_INSERT_SAMPLE = sa.text(
-    "INSERT INTO samples (lease_id, device_id, seq, time_ms, hash, body) "
-    "VALUES (:lease_id, :device_id, :seq, :time_ms, :hash, :body)"
-)
-_INSERT_BATCH = sa.text(
-    "INSERT INTO sample_batches (lease_id, device_id, last_seq, last_hash, signature, "
-    "received_ms) VALUES (:lease_id, :device_id, :last_seq, :last_hash, :signature, "
-    ":received_ms)"
-)
+_INSERT_BATCH = {
+    "qmark": _BATCH_COLUMNS + "VALUES (?, ?, ?, ?, ?, ?)",
+    "pyformat": _BATCH_COLUMNS + "VALUES (%s, %s, %s, %s, %s, %s)",
+}
 
 
 class SqlProofs:
@@ -59,74 +73,64 @@ class SqlProofs:
         row = self._c.execute(_HEAD, {"lease": lease_id, "device": device_id}).first()
         return StoredHead(row.seq, row.hash, row.time_ms) if row else None
 
-    def heads(self, lease_id: str) -> dict[str, StoredHead]:
-        rows = self._c.execute(chain_heads.select().where(chain_heads.c.lease_id == lease_id))
+    def heads(
+        self, lease_id: str, device_ids: Collection[str] | None = None
+    ) -> dict[str, StoredHead]:
+        if device_ids is None:
+            rows = self._c.execute(_HEADS, {"lease": lease_id})
+        elif device_ids:
+            rows = self._c.execute(_HEADS_OF, {"lease": lease_id, "devices": list(device_ids)})
+        else:
+            return {}
         return {r.device_id: StoredHead(r.seq, r.hash, r.time_ms) for r in rows}
 
-    def move_head(
-        self, lease_id: str, device_id: str, previous: StoredHead | None, head: StoredHead
-    ) -> bool:
-        """Move a chain's head from `previous` (None: start the chain); False if it is no
-        longer there (another batch of the chain won)."""
-        if previous is None:
-            # INSERT .. ON CONFLICT DO NOTHING: of two first batches only one starts the chain.
-            dialect = sqlite_insert if self._c.dialect.name == "sqlite" else pg_insert
-            started = self._c.execute(
-                dialect(chain_heads)
-                .values(
-                    lease_id=lease_id,
-                    device_id=device_id,
-                    seq=head.seq,
-                    hash=head.hash,
-                    time_ms=head.time_ms,
-                )
-                .on_conflict_do_nothing()
-                .returning(chain_heads.c.seq)
-            ).first()
-            return started is not None
-        moved = self._c.execute(
-            _MOVE_HEAD,
-            {
-                "lease": lease_id,
-                "device": device_id,
-                "old_seq": previous.seq,
-                "seq": head.seq,
-                "hash": head.hash,
-                "time_ms": head.time_ms,
-            },
-        ).rowcount
-        return bool(moved == 1)
+    def move_heads(self, moves: Sequence[HeadMove]) -> bool:
+        """Start new chains, then move the others' heads in one executemany."""
+        for m in moves:
+            if m.previous is None:
+                # INSERT .. ON CONFLICT DO NOTHING: of two first batches only one starts it.
+                dialect = sqlite_insert if self._c.dialect.name == "sqlite" else pg_insert
+                started = self._c.execute(
+                    dialect(chain_heads)
+                    .values(
+                        lease_id=m.lease_id,
+                        device_id=m.device_id,
+                        seq=m.head.seq,
+                        hash=m.head.hash,
+                        time_ms=m.head.time_ms,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(chain_heads.c.seq)
+                ).first()
+                if started is None:
+                    return False
+        updates = [
+            (m.head.seq, m.head.hash, m.head.time_ms, m.lease_id, m.device_id, m.previous.seq)
+            for m in moves
+            if m.previous is not None
+        ]
+        if not updates:
+            return True
+        # Both drivers report the rows changed by all the parameter sets together.
+        moved = self._c.exec_driver_sql(_MOVE_HEAD[self._c.dialect.paramstyle], updates)
+        return moved.rowcount == len(updates)
 
     def add_samples(self, rows: Sequence[tuple[str, str, StoredSample]]) -> None:
         if rows:
-            self._c.execute(
-                _INSERT_SAMPLE,
+            self._c.exec_driver_sql(
+                _INSERT_SAMPLE[self._c.dialect.paramstyle],
                 [
-                    {
-                        "lease_id": lease_id,
-                        "device_id": device_id,
-                        "seq": r.seq,
-                        "time_ms": r.time_ms,
-                        "hash": r.hash,
-                        "body": r.body,
-                    }
+                    (lease_id, device_id, r.seq, r.time_ms, r.hash, r.body)
                     for lease_id, device_id, r in rows
                 ],
             )
 
     def add_batches(self, batches: Sequence[tuple[str, str, StoredBatch]]) -> None:
         if batches:
-            self._c.execute(
-                _INSERT_BATCH,
+            self._c.exec_driver_sql(
+                _INSERT_BATCH[self._c.dialect.paramstyle],
                 [
-                    {
-                        "lease_id": lease_id,
-                        "device_id": device_id,
-                        "last_seq": b.last_seq,
-                        "last_hash": b.last_hash,
-                        "signature": b.signature,
-                        "received_ms": b.received_ms,
-                    }
+                    (lease_id, device_id, b.last_seq, b.last_hash, b.signature, b.received_ms)
                     for lease_id, device_id, b in batches
                 ],
             )

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from gpupool.coordinator.storage.proofs import SqlProofs
@@ -354,6 +352,17 @@ class SqlWorkers:
         return int(version or 0)
 
 
+# Built once: every batch of samples reads its lease and the worker's members in it, and
+# building the statements per call cost more than running them.
+_LEASE_FOR_UPDATE = leases.select().where(leases.c.id == sa.bindparam("id")).with_for_update()
+_MEMBERS = (
+    lease_members.select()
+    .where(lease_members.c.lease_id == sa.bindparam("lease"))
+    .order_by(lease_members.c.device_id)
+)
+_WORKER_MEMBERS = _MEMBERS.where(lease_members.c.worker_id == sa.bindparam("worker"))
+
+
 def _lease(row: Any) -> Lease:
     return Lease(
         id=row.id,
@@ -511,21 +520,18 @@ class SqlLeases:
         return _lease(row) if row else None
 
     def lease_for_update(self, lease_id: str) -> Lease | None:
-        row = self._c.execute(
-            leases.select().where(leases.c.id == lease_id).with_for_update()
-        ).first()
+        row = self._c.execute(_LEASE_FOR_UPDATE, {"id": lease_id}).first()
         return _lease(row) if row else None
 
     def lease_of_cluster(self, cluster_id: str) -> Lease:
         row = self._c.execute(leases.select().where(leases.c.cluster_id == cluster_id)).one()
         return _lease(row)
 
-    def members(self, lease_id: str) -> list[LeaseMember]:
-        rows = self._c.execute(
-            lease_members.select()
-            .where(lease_members.c.lease_id == lease_id)
-            .order_by(lease_members.c.device_id)
-        )
+    def members(self, lease_id: str, worker_id: str | None = None) -> list[LeaseMember]:
+        if worker_id is None:
+            rows = self._c.execute(_MEMBERS, {"lease": lease_id})
+        else:
+            rows = self._c.execute(_WORKER_MEMBERS, {"lease": lease_id, "worker": worker_id})
         return [_member(row) for row in rows]
 
     def save_lease(self, lease: Lease) -> None:
@@ -583,18 +589,21 @@ class SqlLeases:
         return [(row.at, LeaseState(row.state), row.note) for row in rows]
 
 
+# INSERT .. ON CONFLICT DO NOTHING: two racing requests with one nonce cannot both win.
+# Written out once (SQLite and PostgreSQL share the syntax): every agent request runs it.
+_REMEMBER_NONCE = sa.text(
+    "INSERT INTO nonces (worker_id, nonce, at) VALUES (:worker_id, :nonce, :at) "
+    "ON CONFLICT DO NOTHING RETURNING nonce"  # rowcount is unreliable here; a row is not
+)
+
+
 class SqlNonces:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
 
     def remember(self, worker_id: str, nonce: str, at: float) -> bool:
-        # INSERT .. ON CONFLICT DO NOTHING: two racing requests with one nonce cannot both win.
-        dialect = sqlite_insert if self._c.dialect.name == "sqlite" else pg_insert
         inserted = self._c.execute(
-            dialect(nonces)
-            .values(worker_id=worker_id, nonce=nonce, at=at)
-            .on_conflict_do_nothing()
-            .returning(nonces.c.nonce)  # rowcount is unreliable here; a returned row is not
+            _REMEMBER_NONCE, {"worker_id": worker_id, "nonce": nonce, "at": at}
         ).first()
         return inserted is not None
 

@@ -139,12 +139,36 @@ class _Rules:
     ) -> Refusal | None:
         if not samples:
             return Refusal(RefusalCode.EMPTY, "the batch holds no samples")
-        previous = head
+        # Every rule of `_sample` at once, on plain values: a device-hour is 3,600 samples.
+        # A sample that fails here goes to `_sample`, which names the first rule it breaks.
+        # (A new chain is one whose previous sample had seq -1, the zero hash and no time.)
+        seq, hash_, time_ms = (
+            (-1, ZERO_HASH, -1) if head is None else (head.seq, head.hash, head.time_ms)
+        )
+        latest = self.t_end_ms + self.epoch_ms
+        if now_ms is not None:
+            latest = min(latest, now_ms + self.max_skew_ms)
+        known_beacon, known_value = -1, None
         for item in samples:
-            refusal = self._sample(previous, item.sample, current, now_ms)
-            if refusal is not None:
-                return refusal
-            previous = ChainHead(item.sample.seq, item.hash, item.sample.time_ms)
+            s = item.sample
+            if s.beacon != known_beacon:
+                known_beacon, known_value = s.beacon, _lookup(self.beacons, s.beacon)
+            if not (
+                s.lease == self.lease_id
+                and s.device == self.device_id
+                and s.seq == seq + 1
+                and s.prev == hash_
+                and time_ms < s.time_ms
+                and self.t1_ms <= s.time_ms <= latest
+                and (current is None or current - 1 <= s.beacon <= current)
+                and s.beacon_value == known_value
+                and s.time_ms >= s.beacon * self.epoch_ms - self.max_skew_ms
+            ):
+                previous = None if seq == -1 else ChainHead(seq, hash_, time_ms)
+                refusal = self._sample(previous, s, current, now_ms)
+                if refusal is not None:
+                    return refusal
+            seq, hash_, time_ms = s.seq, item.hash, s.time_ms
         return None
 
     def _sample(

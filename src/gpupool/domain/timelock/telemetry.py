@@ -108,15 +108,24 @@ def board_power(model: str) -> BoardPower | None:
 def check_telemetry(samples: Sequence[Sample], device: DeviceProfile) -> list[Flag]:
     """Every flag the rules raise on one device's chain, ordered by seq and rule."""
     power = board_power(device.model) if device.kind is DeviceKind.GPU else None
+    limit_mw = None if power is None else power.max_w * 10 * POWER_OVER_LIMIT_TOLERANCE_PCT
     flags: list[Flag] = []
     for s in samples:
-        flags += _bounds(s, device, power)
+        # The bounds in one test first: nearly every sample is within them.
+        if not (
+            (s.utilization_pct is None or 0 <= s.utilization_pct <= 100)
+            and (s.memory_mb is None or s.memory_mb <= device.memory_mb)
+            and (s.power_mw is None or limit_mw is None or s.power_mw <= limit_mw)
+            and (s.temperature_c is None or s.temperature_c <= MAX_TEMPERATURE_C)
+        ):
+            flags += _bounds(s, device, power)
         if power is not None:
             flags += _power_vs_utilization(s, power)
         if device.kind is DeviceKind.GPU:
             flags += _memory_without_process(s)
-    flags += _constant_values(samples)
-    flags += _replayed_values(samples)
+    values = [s.telemetry for s in samples]
+    flags += _constant_values(samples, values)
+    flags += _replayed_values(samples, values)
     return sorted(flags, key=lambda f: (f.seq, f.rule.value))
 
 
@@ -158,32 +167,54 @@ def _memory_without_process(s: Sample) -> list[Flag]:
     return [Flag(s.seq, Rule.MEMORY_WITHOUT_PROCESS, why)]
 
 
-def _constant_values(samples: Sequence[Sample]) -> list[Flag]:
+def _constant_values(samples: Sequence[Sample], values: Sequence[Telemetry]) -> list[Flag]:
     flags: list[Flag] = []
     start = 0
-    for i in range(1, len(samples) + 1):
-        if i < len(samples) and samples[i].telemetry == samples[start].telemetry:
+    for i in range(1, len(values) + 1):
+        if i < len(values) and values[i] == values[start]:
             continue
-        run = samples[start:i]
-        head = run[0]
-        working = head.power_mw is not None and (head.utilization_pct or 0) > 0
-        if working and len(run) >= CONSTANT_RUN_SAMPLES:
-            why = f"telemetry {head.telemetry} unchanged for {len(run)} samples from seq {head.seq}"
-            flags += [Flag(s.seq, Rule.CONSTANT_VALUES, why) for s in run]
+        util, _, power, _ = values[start]
+        if power is not None and (util or 0) > 0 and i - start >= CONSTANT_RUN_SAMPLES:
+            head = samples[start]
+            why = (
+                f"telemetry {head.telemetry} unchanged for {i - start} samples from seq {head.seq}"
+            )
+            flags += [Flag(s.seq, Rule.CONSTANT_VALUES, why) for s in samples[start:i]]
         start = i
     return flags
 
 
-def _replayed_values(samples: Sequence[Sample]) -> list[Flag]:
+def _replayed_values(samples: Sequence[Sample], values: Sequence[Telemetry]) -> list[Flag]:
+    """Windows of `REPLAY_WINDOW_SAMPLES` that equal an earlier window of the chain.
+
+    Windows that real devices repeat are not evidence and are skipped: any without a power
+    reading, idle ones (nothing ran), and one value throughout (the constant rule's case).
+    Each window is tested in constant time from running counts, and compared as a tuple of
+    small integers (one per distinct reading), so a device-hour costs a few milliseconds.
+    """
     width = REPLAY_WINDOW_SAMPLES
-    values = [s.telemetry for s in samples]
-    first_at: dict[tuple[Telemetry, ...], int] = {}
+    if all(power is None for _, _, power, _ in values):
+        return []  # a CPU without a power sensor, say
+    ids: dict[Telemetry, int] = {}
+    keys = [ids.setdefault(v, len(ids)) for v in values]
+    # unpowered[i], busy[i], changes[i]: how many of values[:i] lack power, show utilization,
+    # or differ from the value before them.
+    unpowered, busy, changes = [0], [0], [0]
+    for i, (util, _, power, _) in enumerate(values):
+        unpowered.append(unpowered[-1] + (power is None))
+        busy.append(busy[-1] + ((util or 0) != 0))
+        changes.append(changes[-1] + (i > 0 and keys[i] != keys[i - 1]))
+    first_at: dict[tuple[int, ...], int] = {}
     replayed_from: dict[int, int] = {}  # index of a replayed sample -> seq it copies
     for i in range(len(values) - width + 1):
-        window = tuple(values[i : i + width])
-        if not _may_repeat(window):
+        end = i + width
+        if (
+            unpowered[end] != unpowered[i]  # a sample without power
+            or busy[end] == busy[i]  # all idle
+            or changes[end] == changes[i + 1]  # one value throughout
+        ):
             continue
-        earlier = first_at.setdefault(window, i)
+        earlier = first_at.setdefault(tuple(keys[i:end]), i)
         if earlier != i:
             for k in range(width):
                 replayed_from.setdefault(i + k, samples[earlier + k].seq)
@@ -195,13 +226,3 @@ def _replayed_values(samples: Sequence[Sample]) -> list[Flag]:
         )
         for i, source in sorted(replayed_from.items())
     ]
-
-
-def _may_repeat(window: tuple[Telemetry, ...]) -> bool:
-    """Windows that real devices repeat are not evidence: idle ones (nothing ran), one value
-    throughout (the constant rule's case), or any without a power reading."""
-    if any(power is None for _, _, power, _ in window):
-        return False
-    if all((util or 0) == 0 for util, _, _, _ in window):
-        return False
-    return len(set(window)) > 1

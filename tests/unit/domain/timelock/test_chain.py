@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gpupool.domain.timelock.chain import (
     ChainHead,
+    HashedSample,
     Refusal,
     RefusalCode,
+    _Rules,
     check_batch,
     check_chain,
     current_beacon,
@@ -197,3 +202,65 @@ def test_refusal_codes_are_the_documented_strings() -> None:
         "out-of-lease",
         "empty",
     }
+
+
+def _one_rule_at_a_time(
+    head: ChainHead | None, batch: list[HashedSample], now: int | None
+) -> Refusal | None:
+    """The rules applied sample by sample, as `_Rules._sample` states them."""
+    rules = _Rules(LEASE, DEVICE, T1, T_END, beacon_value, EPOCH, 2_000)
+    previous = head
+    for item in batch:
+        refusal = rules._sample(
+            previous, item.sample, None if now is None else current_beacon(now, EPOCH), now
+        )
+        if refusal is not None:
+            return refusal
+        previous = ChainHead(item.sample.seq, item.hash, item.sample.time_ms)
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    index=st.integers(0, 11),
+    key=st.sampled_from(["lease", "device", "seq", "time_ms", "beacon", "prev", "beacon_value"]),
+    delta=st.sampled_from([-20_001, -10_000, -2_001, -2_000, -1, 1, 2_000, 10_000, 3_600_000]),
+    fix_links=st.booleans(),
+    with_head=st.booleans(),
+    late=st.sampled_from([None, 0, 5_000, 12_000, 25_000]),
+)
+def test_the_batch_check_refuses_exactly_as_the_rules_one_at_a_time(
+    index: int, key: str, delta: int, fix_links: bool, with_head: bool, late: int | None
+) -> None:
+    start = T1 + 3_000 if with_head else T1 + 500
+    dicts = chain_dicts([start + i * 1_000 for i in range(12)], start_seq=3 if with_head else 0)
+    d = dicts[index]
+    if key in ("seq", "time_ms", "beacon"):
+        d[key] = max(0, d[key] + delta)
+    elif key == "beacon_value":
+        d[key] = beacon_value(d["beacon"] + 1)
+    else:
+        d[key] = "ab" * 32 if key == "prev" else "other"
+    if fix_links:
+        relink(dicts)
+    head = ChainHead(2, dicts[0]["prev"], start - 1_000) if with_head else None
+    batch = hashed(dicts)
+    now = None if late is None else dicts[-1]["time_ms"] + late
+    expected = _one_rule_at_a_time(head, batch, now)
+    common: dict[str, Any] = {
+        "lease_id": LEASE,
+        "device_id": DEVICE,
+        "t1_ms": T1,
+        "t_end_ms": T_END,
+        "samples": batch,
+        "beacons": beacon_value,
+        "epoch_ms": EPOCH,
+        "max_skew_ms": 2_000,
+    }
+    if now is None:
+        assert check_chain(head, **common) == expected
+    else:
+        assert (
+            check_batch(head, current_beacon=current_beacon(now, EPOCH), now_ms=now, **common)
+            == expected
+        )

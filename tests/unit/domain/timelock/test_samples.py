@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpupool.domain.errors import InvalidRequest
-from gpupool.domain.timelock.samples import InvalidSample, Owner, Sample
+from gpupool.domain.timelock.samples import (
+    MAX_JSON_INT,
+    SAMPLE_KEYS,
+    InvalidSample,
+    Owner,
+    Sample,
+    _from_plain_dict,
+)
 from tests.unit.domain.timelock.conftest import T1, hash_of, sample_dict
 
 
@@ -89,3 +98,63 @@ def test_from_dict_names_a_missing_field() -> None:
 def test_from_dict_refuses_what_is_not_an_object() -> None:
     with pytest.raises(InvalidSample, match="must be an object"):
         Sample.from_dict([1, 2])
+
+
+# Values a JSON document may hold, and a few a Python caller might pass instead.
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.sampled_from([0, 100, 101, -50, -51, 200, 201, MAX_JSON_INT, MAX_JSON_INT + 1]),
+    st.floats(allow_nan=False),
+    st.text(max_size=70),
+    st.sampled_from(["", "ab", "AB", "0" * 64, "f" * 64, "g" * 64, "x" * 257, "lease", "foreign"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+def _parse_both(d: Any) -> tuple[Sample | None, Sample | str]:
+    """(the one-pass parse, the field-by-field parse or its error message)."""
+    fast = _from_plain_dict(d)
+    try:
+        slow: Sample | str = Sample._from_dict_naming_faults(d)
+    except InvalidSample as exc:
+        slow = exc.message
+    return fast, slow
+
+
+@settings(max_examples=400)
+@given(
+    key=st.sampled_from(sorted(SAMPLE_KEYS)),
+    value=ODD_VALUES,
+    process_key=st.sampled_from(["pid", "name", "owner", None]),
+    drop=st.booleans(),
+)
+def test_the_one_pass_parse_accepts_exactly_what_the_field_by_field_parse_accepts(
+    key: str, value: Any, process_key: str | None, drop: bool
+) -> None:
+    d = sample_dict(3, T1 + 3_000, prev="ab" * 32)
+    if process_key is None:
+        if drop:
+            del d[key]
+        else:
+            d[key] = value
+    elif drop:
+        del d["processes"][0][process_key]
+    else:
+        d["processes"][0][process_key] = value
+    fast, slow = _parse_both(d)
+    if isinstance(slow, str):
+        assert fast is None, slow
+    else:
+        assert fast is None or fast == slow
+
+
+def test_the_one_pass_parse_leaves_samples_with_violations_to_the_full_parse() -> None:
+    d = with_violation()
+    assert _from_plain_dict(d) is None
+    assert Sample.from_dict(d).to_dict() == d
+    assert _from_plain_dict(sample_dict(0, T1)) == Sample._from_dict_naming_faults(
+        sample_dict(0, T1)
+    )

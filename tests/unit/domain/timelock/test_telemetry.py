@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpupool.domain.models import DeviceKind
 from gpupool.domain.timelock.samples import Sample
@@ -141,3 +143,47 @@ def test_telemetry_copied_from_earlier_in_the_chain_is_flagged() -> None:
 def test_a_repeated_idle_stretch_is_not_a_replay() -> None:
     idle: list[Reading] = [(0, 0, 70_000 + i % 3, 30) for i in range(30)]
     assert check_telemetry(series(idle + idle, processes=[]), H100) == []
+
+
+def _replays_window_by_window(readings: list[Reading]) -> list[tuple[int, int]]:
+    """(seq, copied seq) of each replayed sample, each window compared as it is."""
+    width = REPLAY_WINDOW_SAMPLES
+    first_at: dict[tuple[Reading, ...], int] = {}
+    copied: dict[int, int] = {}
+    for i in range(len(readings) - width + 1):
+        window = tuple(readings[i : i + width])
+        if (
+            any(power is None for _, _, power, _ in window)
+            or all((util or 0) == 0 for util, _, _, _ in window)
+            or len(set(window)) == 1
+        ):
+            continue
+        earlier = first_at.setdefault(window, i)
+        if earlier != i:
+            for k in range(width):
+                copied.setdefault(i + k, earlier + k)
+    return sorted(copied.items())
+
+
+# Few distinct readings, so that windows repeat by themselves now and then.
+FEW_READINGS = st.sampled_from(
+    [(0, 0, 70_000, 30), (0, 0, None, 30), (90, 30_000, 500_000, 60), (80, 30_000, 480_000, 60)]
+)
+
+
+@settings(max_examples=300)
+@given(
+    runs=st.lists(st.tuples(FEW_READINGS, st.integers(1, 25)), max_size=12),
+    copies=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 90)), max_size=3),
+)
+def test_replays_are_found_as_comparing_every_window_would_find_them(
+    runs: list[tuple[Reading, int]], copies: list[tuple[int, int]]
+) -> None:
+    readings = [reading for reading, length in runs for _ in range(length)]
+    for source, target in copies:  # paste a window of the series elsewhere in it
+        window = readings[source : source + REPLAY_WINDOW_SAMPLES]
+        readings = readings[:target] + window + readings[target:]
+    flags = [f for f in check_telemetry(series(readings), H100) if f.rule is Rule.REPLAYED_VALUES]
+    expected = _replays_window_by_window(readings)
+    assert [f.seq for f in flags] == [seq for seq, _ in expected]
+    assert [f.detail.split()[3] for f in flags] == [str(source) for _, source in expected]
