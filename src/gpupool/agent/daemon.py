@@ -13,6 +13,7 @@ import threading
 from decimal import Decimal
 
 import gpupool
+from gpupool.agent.bandwidth import BandwidthMeter
 from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.netprobe import NetProbe
@@ -47,6 +48,7 @@ class Agent:
         prover: Prover | None = None,
         challenger: Challenger | None = None,
         netprobe: NetProbe | None = None,
+        bandwidth: BandwidthMeter | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -57,6 +59,7 @@ class Agent:
         self.prover = prover
         self.challenger = challenger
         self.netprobe = netprobe
+        self.bandwidth = bandwidth
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -153,6 +156,10 @@ class Agent:
         if self.challenger is not None:
             loops.append(
                 threading.Thread(target=self.challenger.run, args=(stop,), name="challenges")
+            )
+        if self.bandwidth is not None:
+            loops.append(
+                threading.Thread(target=self.bandwidth.run, args=(stop,), name="bandwidth")
             )
         for loop in loops:
             loop.daemon = True

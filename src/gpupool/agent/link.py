@@ -65,11 +65,12 @@ class CoordinatorLink:
         body: bytes,
         timeout: float | None = None,
         with_key: bool = False,
+        content_type: str = "application/json",
     ) -> bytes:
         """Sign and send `body` exactly; the answer's bytes, or LinkError."""
         headers = sign_request(self._identity, method, path, body, self._clock()).as_dict()
         if body:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         if with_key:
             headers["Authorization"] = f"Bearer {self._supplier_key}"
         try:
@@ -82,14 +83,41 @@ class CoordinatorLink:
             )
         except httpx.HTTPError as exc:
             raise LinkError(0, "unreachable", f"coordinator unreachable: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                data = response.json()
-                code, message = data.get("error", "error"), data.get("message", response.text)
-            except ValueError:
-                code, message = "error", response.text[:200]
-            raise LinkError(response.status_code, code, message)
+        _raise_for_error(response)
         return response.content
+
+    def bandwidth_download(self, nbytes: int) -> tuple[int, float]:
+        """Fetch an `nbytes` payload; the bytes that came after the first chunk and the
+        seconds they took (so connection set-up and latency are not counted)."""
+        path = f"/v1/agent/bandwidth?bytes={nbytes}"
+        headers = sign_request(self._identity, "GET", path, b"", self._clock()).as_dict()
+        first_at = last_at = 0.0
+        size = first = 0
+        try:
+            with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_error(response)
+                for chunk in response.iter_raw():
+                    last_at = time.perf_counter()
+                    if not first_at:
+                        first_at, first = last_at, len(chunk)
+                    size += len(chunk)
+        except httpx.HTTPError as exc:
+            raise LinkError(0, "unreachable", f"coordinator unreachable: {exc}") from exc
+        if size != nbytes:
+            raise LinkError(0, "short_read", f"asked for {nbytes} bytes, got {size}")
+        return size - first, last_at - first_at
+
+    def bandwidth_upload(self, payload: bytes, download_mbps: float) -> w.BandwidthOut:
+        """Send `payload` for the coordinator to time."""
+        answer = self._send(
+            "POST",
+            f"/v1/agent/bandwidth?download_mbps={download_mbps:.6g}",
+            payload,
+            content_type="application/octet-stream",
+        )
+        return w.BandwidthOut.model_validate_json(answer)
 
     def register(self, registration: w.WorkerRegister) -> w.WorkerOut:
         data = self.call(
@@ -141,3 +169,14 @@ class CoordinatorLink:
             "POST", f"/v1/agent/challenges/{challenge_id}/fail", {"reason": reason[:2000]}
         )
         return w.ChallengeResultOut.model_validate(data)
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        data = response.json()
+        code, message = data.get("error", "error"), data.get("message", response.text)
+    except ValueError:
+        code, message = "error", response.text[:200]
+    raise LinkError(response.status_code, code, message)

@@ -9,6 +9,7 @@ import threading
 import time
 from types import FrameType
 
+from gpupool.agent.bandwidth import BandwidthMeter
 from gpupool.agent.challenger import Challenger
 from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
@@ -62,6 +63,11 @@ def run_agent(settings: AgentSettings) -> None:
             netprobe=(
                 NetProbe(port=settings.probe_port, advertise=settings.probe_advertise)
                 if settings.probe_port is not None
+                else None
+            ),
+            bandwidth=(
+                BandwidthMeter(link, settings.bandwidth_seconds)
+                if settings.bandwidth_seconds
                 else None
             ),
         )

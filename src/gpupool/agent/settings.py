@@ -34,4 +34,6 @@ class AgentSettings:
     # None: do not probe) and the address peers should use (None: what the coordinator sees).
     probe_port: int | None = 0
     probe_advertise: str | None = None
+    # Measure bandwidth against the coordinator at start and then this often (None: never).
+    bandwidth_seconds: float | None = 6 * 3600.0
     guard_allow_cgroups: tuple[str, ...] = ()

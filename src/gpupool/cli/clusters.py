@@ -84,6 +84,15 @@ def create(
         SecurityTier.ANY
     ),
     min_datacenter_tier: Annotated[int, typer.Option(min=0, max=4)] = 0,
+    min_connectivity_tier: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=4,
+            help="Measured bandwidth, slower direction: 1 >= 10 Mbit/s, 2 >= 100, "
+            "3 >= 1000, 4 >= 10000.",
+        ),
+    ] = 0,
     wait: Annotated[bool, typer.Option(help="Wait until the cluster is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
@@ -102,6 +111,7 @@ def create(
             regions=region or None,
             security_tier=security.value,
             min_datacenter_tier=min_datacenter_tier or None,
+            min_connectivity_tier=min_connectivity_tier or None,
         )
         if not json_out:
             err.print(

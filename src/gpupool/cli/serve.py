@@ -176,6 +176,13 @@ def agent_run(
     no_probe: Annotated[
         bool, typer.Option("--no-probe", help="Neither answer nor send RTT probes.")
     ] = False,
+    bandwidth_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between bandwidth measurements against the coordinator (0: never).",
+        ),
+    ] = 6 * 3600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -214,6 +221,7 @@ def agent_run(
         guard_allow_cgroups=tuple(guard_allow_cgroup or ()),
         probe_port=None if no_probe else probe_port,
         probe_advertise=probe_advertise,
+        bandwidth_seconds=bandwidth_interval or None,
     )
     try:
         run_agent(settings)

@@ -36,7 +36,7 @@ def list_workers(
     out.print(
         table(
             f"{len(workers)} workers",
-            ["worker", "host", "region", "status", "idle/devices", "kind", "sandbox"],
+            ["worker", "host", "region", "status", "idle/devices", "kind", "sandbox", "link"],
             [
                 (
                     w.id,
@@ -46,6 +46,7 @@ def list_workers(
                     f"{sum(d.status == 'idle' for d in w.devices)}/{len(w.devices)}",
                     ",".join(sorted({d.kind.value for d in w.devices})),
                     w.sandbox,
+                    _link(w.upload_mbps, w.download_mbps, w.connectivity_tier),
                 )
                 for w in workers
             ],
@@ -63,3 +64,10 @@ def list_workers(
                 ],
             )
         )
+
+
+def _link(up: float | None, down: float | None, tier: int) -> str:
+    """Measured bandwidth and the connectivity tier it earns ("unmeasured" before)."""
+    if up is None or down is None:
+        return "unmeasured"
+    return f"up {up:.0f} / down {down:.0f} Mbit/s, tier {tier}"

@@ -184,6 +184,10 @@ class Worker:
     registered_at: float
     agent_version: str
     sandbox: str = ""
+    # Measured against the coordinator (see domain/connectivity.py); None until measured.
+    upload_mbps: float | None = None
+    download_mbps: float | None = None
+    connectivity_tier: int = 0
 
 
 @dataclass(frozen=True, slots=True)

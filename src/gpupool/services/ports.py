@@ -72,6 +72,12 @@ class WorkerRepo(Protocol):
         """Store the worker's network coordinate (when given) and where it answers probes."""
         ...
 
+    def report_bandwidth(
+        self, worker_id: str, upload_mbps: float, download_mbps: float, tier: int
+    ) -> None:
+        """Store the worker's measured bandwidth and the connectivity tier it earns."""
+        ...
+
     def probe_targets(self, worker_id: str) -> list[tuple[str, str, int]]:
         """(worker id, host, port) of every other up worker that answers RTT probes."""
         ...

@@ -3,9 +3,11 @@ which leases they should be running; workers that stop sending heartbeats go dow
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
+from gpupool.domain.connectivity import connectivity_tier
 from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.errors import Forbidden, InvalidRequest
 from gpupool.domain.leases import ACTIVE_STATES, Lease, LeaseMember
@@ -118,6 +120,21 @@ class Registry:
                     worker_id, now, network.coordinate, network.probe_host, network.probe_port
                 )
         return self.assignments(worker_id)
+
+    def report_bandwidth(self, worker_id: str, upload_mbps: float, download_mbps: float) -> int:
+        """Store a bandwidth measurement; the connectivity tier it earns.
+
+        `upload_mbps` is the coordinator's own timing of the agent's upload; `download_mbps`
+        is the agent's timing of a payload the coordinator sent (a supplier could overstate
+        it, but the tier takes the slower direction, so the coordinator-timed upload bounds
+        what overstating can buy)."""
+        for name, value in (("upload", upload_mbps), ("download", download_mbps)):
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidRequest(f"{name} rate must be a positive number of Mbit/s")
+        tier = connectivity_tier(upload_mbps, download_mbps)
+        with self._db.transaction() as tx:
+            tx.workers.report_bandwidth(worker_id, upload_mbps, download_mbps, tier)
+        return tier
 
     def probe_peers(self, worker_id: str) -> list[tuple[str, str, int]]:
         """A few other workers to measure RTT to this round: PROBE_PEERS drawn at random

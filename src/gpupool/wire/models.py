@@ -123,6 +123,9 @@ class WorkerOut(Response):
     registered_at: datetime
     agent_version: str
     sandbox: str
+    upload_mbps: float | None = None
+    download_mbps: float | None = None
+    connectivity_tier: int = 0
     devices: list[DeviceOut]
 
 
@@ -283,6 +286,14 @@ class ClusterOut(Response):
 # Proof of Time-Lock -------------------------------------------------------------------------
 
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class BandwidthOut(Response):
+    stored: bool = Field(description="False: send `next_bytes` to measure over a longer time.")
+    next_bytes: int | None = None
+    upload_mbps: float | None = Field(None, description="Timed by the coordinator.")
+    download_mbps: float | None = Field(None, description="Timed by the agent.")
+    connectivity_tier: int | None = None
 
 
 class BeaconOut(Response):

@@ -16,11 +16,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import gpupool
-from gpupool.coordinator.api import accounts, agents, clusters, errors, workers
+from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, workers
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
 from gpupool.crypto.identity import Identity
+from gpupool.domain.connectivity import MAX_PROBE_BYTES
 from gpupool.domain.grouping import LatencyAware
 from gpupool.domain.placement import Placement
 from gpupool.services.accounts import Accounts
@@ -123,12 +124,16 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    for module in (accounts, agents, clusters, workers):
+    for module in (accounts, agents, bandwidth, clusters, workers):
         app.include_router(module.router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": gpupool.__version__}
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={bandwidth.PATH: MAX_PROBE_BYTES},
+    )
     return app

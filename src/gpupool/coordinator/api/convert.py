@@ -64,6 +64,9 @@ def worker(view: WorkerView) -> w.WorkerOut:
         registered_at=ts(wk.registered_at),
         agent_version=wk.agent_version,
         sandbox=wk.sandbox,
+        upload_mbps=wk.upload_mbps,
+        download_mbps=wk.download_mbps,
+        connectivity_tier=wk.connectivity_tier,
         devices=[device(d) for d in view.devices],
     )
 

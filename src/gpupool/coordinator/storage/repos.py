@@ -91,6 +91,9 @@ def _worker(row: Any) -> Worker:
         registered_at=row.registered_at,
         agent_version=row.agent_version,
         sandbox=row.sandbox,
+        upload_mbps=row.upload_mbps,
+        download_mbps=row.download_mbps,
+        connectivity_tier=row.connectivity_tier,
     )
 
 
@@ -254,6 +257,15 @@ class SqlWorkers:
                 "coord_at": at,
             }
         self._c.execute(workers.update().where(workers.c.id == worker_id).values(**values))
+
+    def report_bandwidth(
+        self, worker_id: str, upload_mbps: float, download_mbps: float, tier: int
+    ) -> None:
+        self._c.execute(
+            workers.update()
+            .where(workers.c.id == worker_id)
+            .values(upload_mbps=upload_mbps, download_mbps=download_mbps, connectivity_tier=tier)
+        )
 
     def probe_targets(self, worker_id: str) -> list[tuple[str, str, int]]:
         """(worker id, host, port) of every other up worker that answers RTT probes."""
