@@ -18,6 +18,7 @@ from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.prover import Prover
+from gpupool.agent.raynode import RayNodes
 from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
@@ -49,6 +50,7 @@ class Agent:
         challenger: Challenger | None = None,
         netprobe: NetProbe | None = None,
         bandwidth: BandwidthMeter | None = None,
+        ray: RayNodes | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -60,6 +62,7 @@ class Agent:
         self.challenger = challenger
         self.netprobe = netprobe
         self.bandwidth = bandwidth
+        self.ray = ray  # None: leases run without Ray (members are ready once sandboxed)
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -241,9 +244,13 @@ class Agent:
         self.state.save()
         if self.prover is not None:
             self.prover.sample(only_lease=a.lease_id)  # coverage starts at once
+        if self.ray is not None:
+            self.ray.start(a, sandbox)  # reports the members ready once Ray has joined
         self._report_ready(a)
 
     def _report_ready(self, a: w.AssignmentOut) -> None:
+        if self.ray is not None and not self.ray.joined(a.lease_id):
+            return
         mine = set(a.local_devices)
         for member in a.members:
             if member.device_id in mine and member.state is not MemberState.READY:
@@ -256,11 +263,15 @@ class Agent:
                 self.prover.finish(lease_id)
             except Exception:  # the proof must never keep a lease from ending
                 log.exception("event=final_sample_failed lease=%s", lease_id)
+        if self.ray is not None:
+            self.ray.stop(lease_id)
         try:
             sandbox.destroy()
         except SandboxError as exc:
             log.error("event=lease_teardown_failed lease=%s reason=%s", lease_id, exc)
             return  # try again on the next answer
+        if self.ray is not None:
+            self.ray.cleanup(lease_id)  # after the sandbox: no Ray process holds its files
         del self.running[lease_id]
         if self.prover is not None:
             self.prover.recorder.forget(lease_id)

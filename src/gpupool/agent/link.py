@@ -16,6 +16,7 @@ import httpx
 from gpupool.crypto.identity import Identity
 from gpupool.crypto.requests import sign_request
 from gpupool.wire import models as w
+from gpupool.wire import ray as wr
 
 
 class LinkError(Exception):
@@ -142,6 +143,12 @@ class CoordinatorLink:
             {"device_id": device_id, "state": state, "reason": reason},
         )
         return str(data["lease_state"])
+
+    def ray_report(self, lease_id: str, report: wr.RayNodeReport) -> None:
+        self._send("POST", f"/v1/agent/leases/{lease_id}/ray", report.model_dump_json().encode())
+
+    def ray_head(self, lease_id: str) -> wr.RayHeadOut:
+        return wr.RayHeadOut.model_validate(self.call("GET", f"/v1/agent/leases/{lease_id}/ray"))
 
     def beacon(self) -> w.BeaconOut:
         return w.BeaconOut.model_validate(self.call("GET", "/v1/agent/beacon"))

@@ -18,6 +18,7 @@ from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.prover import Prover
+from gpupool.agent.raynode import RayNodes, ordinary_bind_address
 from gpupool.agent.recorder import ChainStore, Recorder
 from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.settings import AgentSettings
@@ -71,6 +72,15 @@ def run_agent(settings: AgentSettings) -> None:
                 else None
             ),
         )
+        if settings.ray:
+            agent.ray = RayNodes(
+                link,
+                settings.state_dir,
+                devices,
+                identity.worker_id,
+                ordinary_bind_address(settings.coordinator_url),
+                settings.ray_object_store_bytes,
+            )
         recorder = Recorder(
             link,
             identity,

@@ -37,3 +37,6 @@ class AgentSettings:
     # Measure bandwidth against the coordinator at start and then this often (None: never).
     bandwidth_seconds: float | None = 6 * 3600.0
     guard_allow_cgroups: tuple[str, ...] = ()
+    # Ray on every lease (docs/ray.md): on or off, and each node's object-store limit.
+    ray: bool = True
+    ray_object_store_bytes: int = 100 << 20

@@ -183,6 +183,10 @@ def agent_run(
             help="Seconds between bandwidth measurements against the coordinator (0: never).",
         ),
     ] = 6 * 3600.0,
+    ray: Annotated[bool, typer.Option(help="Run a Ray node for every lease (docs/ray.md).")] = True,
+    ray_object_store_mb: Annotated[
+        int, typer.Option(min=75, help="Ray object-store limit per lease node, MiB.")
+    ] = 100,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -222,6 +226,8 @@ def agent_run(
         probe_port=None if no_probe else probe_port,
         probe_advertise=probe_advertise,
         bandwidth_seconds=bandwidth_interval or None,
+        ray=ray,
+        ray_object_store_bytes=ray_object_store_mb << 20,
     )
     try:
         run_agent(settings)

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from gpupool.wire import models as w
+from gpupool.wire import ray as r
 
 
 class ApiError(Exception):
@@ -35,9 +36,9 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, json: Any = None) -> Any:
+    def _call(self, method: str, path: str, json: Any = None, content: bytes | None = None) -> Any:
         try:
-            response = self._http.request(method, path, json=json)
+            response = self._http.request(method, path, json=json, content=content)
         except httpx.HTTPError as exc:
             raise ApiError(
                 0, "unreachable", f"cannot reach the coordinator at {self.base_url}: {exc}"
@@ -55,7 +56,7 @@ class Client:
                 str(body.get("message", response.reason_phrase)),
                 body,
             )
-        return response.json()
+        return response.json() if response.content else None
 
     # meta and accounts -------------------------------------------------------------------
 
@@ -111,3 +112,42 @@ class Client:
     def proof_export(self, cluster_id: str) -> w.ProofExportOut:
         data = self._call("GET", f"/v1/clusters/{cluster_id}/proof/export")
         return w.ProofExportOut.model_validate(data)
+
+    # Ray on the cluster, and its jobs (through the coordinator's proxy) ------------------------
+
+    def cluster_ray(self, cluster_id: str) -> r.ClusterRayOut:
+        return r.ClusterRayOut.model_validate(self._call("GET", f"/v1/clusters/{cluster_id}/ray"))
+
+    def upload_package(self, cluster_id: str, name: str, data: bytes) -> None:
+        """Store a zipped working directory in the cluster's Ray, for `submit_job`."""
+        self._call("PUT", f"/v1/clusters/{cluster_id}/jobs/packages/{name}", content=data)
+
+    def submit_job(
+        self,
+        cluster_id: str,
+        entrypoint: str,
+        working_dir_package: str | None = None,
+        env_vars: dict[str, str] | None = None,
+    ) -> r.JobOut:
+        body: dict[str, Any] = {"entrypoint": entrypoint, "env_vars": env_vars or {}}
+        if working_dir_package:
+            body["working_dir_package"] = working_dir_package
+        return r.JobOut.model_validate(self._call("POST", f"/v1/clusters/{cluster_id}/jobs", body))
+
+    def jobs(self, cluster_id: str) -> list[r.JobOut]:
+        return [
+            r.JobOut.model_validate(x) for x in self._call("GET", f"/v1/clusters/{cluster_id}/jobs")
+        ]
+
+    def job(self, cluster_id: str, job_id: str) -> r.JobOut:
+        return r.JobOut.model_validate(
+            self._call("GET", f"/v1/clusters/{cluster_id}/jobs/{job_id}")
+        )
+
+    def job_logs(self, cluster_id: str, job_id: str) -> str:
+        data = self._call("GET", f"/v1/clusters/{cluster_id}/jobs/{job_id}/logs")
+        return r.JobLogsOut.model_validate(data).logs
+
+    def stop_job(self, cluster_id: str, job_id: str) -> r.JobOut:
+        data = self._call("POST", f"/v1/clusters/{cluster_id}/jobs/{job_id}/stop")
+        return r.JobOut.model_validate(data)

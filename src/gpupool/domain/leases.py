@@ -4,8 +4,13 @@ move the lease.
 A lease's state is derived from its members' states while it is active; commands
 (terminate, extend, expiry at T2, a provisioning deadline) move it from outside:
 
-    pending → provisioning → ready → ending → ended
-        └──────────┴───────────┴────→ failed
+    pending → provisioning → ready ⇄ degraded → ending → ended
+        └──────────┴───────────┴─────────┴────→ failed
+
+A lease is `ready` when every member is; once it was ready, a member that dies (its agent
+reports it failed, or its worker stops answering) makes it `degraded`, and the lease runs on
+with the members left; the death of the Ray head member fails it, with that member's reason.
+Before the lease was ever ready, any member's failure fails it (bring-up did not succeed).
 
 Agents run a lease while it is active (pending, provisioning, ready) and tear it down as
 soon as it is not; a lease that is `ending` becomes `ended` when every member has released
@@ -25,6 +30,7 @@ class LeaseState(StrEnum):
     PENDING = "pending"
     PROVISIONING = "provisioning"
     READY = "ready"
+    DEGRADED = "degraded"
     ENDING = "ending"
     ENDED = "ended"
     FAILED = "failed"
@@ -40,7 +46,11 @@ class MemberState(StrEnum):
     FAILED = "failed"
 
 
-ACTIVE_STATES = frozenset({LeaseState.PENDING, LeaseState.PROVISIONING, LeaseState.READY})
+ACTIVE_STATES = frozenset(
+    {LeaseState.PENDING, LeaseState.PROVISIONING, LeaseState.READY, LeaseState.DEGRADED}
+)
+# States in which the lease has been ready: a member lost here degrades it, not fails it.
+RUNNING_STATES = frozenset({LeaseState.READY, LeaseState.DEGRADED})
 TERMINAL_STATES = frozenset({LeaseState.ENDED, LeaseState.FAILED})
 
 # What an agent may report for a member, given what the member was.
@@ -64,6 +74,11 @@ def check_member_move(current: MemberState, reported: MemberState) -> None:
 class Member:
     state: MemberState
     worker_up: bool
+    head: bool = False
+
+    @property
+    def lost(self) -> bool:
+        return self.state in (MemberState.FAILED, MemberState.RELEASED) or not self.worker_up
 
 
 def state_after_reports(current: LeaseState, members: Iterable[Member]) -> LeaseState:
@@ -75,6 +90,10 @@ def state_after_reports(current: LeaseState, members: Iterable[Member]) -> Lease
         settled = all(m.state is MemberState.RELEASED or not m.worker_up for m in members)
         return LeaseState.ENDED if settled else LeaseState.ENDING
     states = [m.state for m in members]
+    if current in RUNNING_STATES:
+        if any(m.lost and m.head for m in members):
+            return LeaseState.FAILED
+        return LeaseState.DEGRADED if any(m.lost for m in members) else LeaseState.READY
     if any(s in (MemberState.FAILED, MemberState.RELEASED) for s in states):
         return LeaseState.FAILED
     if states and all(s is MemberState.READY for s in states):

@@ -220,11 +220,17 @@ class Market:
         members = tx.leases.members(lease.id)
         up = {w: _worker_up(tx, w) for w in {m.worker_id for m in members}}
         state = rules.state_after_reports(
-            lease.state, [Member(m.state, up[m.worker_id]) for m in members]
+            lease.state,
+            [
+                Member(m.state, up[m.worker_id], m.device_id == lease.head_device_id)
+                for m in members
+            ],
         )
         if state is lease.state:
             return
         note = failure or _SETTLED_NOTES.get(state, "")
+        if state is LeaseState.FAILED and lease.state in rules.RUNNING_STATES and not failure:
+            note = "the Ray head member was lost (its worker stopped answering)"
         if state is LeaseState.FAILED:
             self._move(tx, lease, state, note)
             return
@@ -242,6 +248,7 @@ _SETTLED_NOTES = {
     LeaseState.READY: "every member is ready",
     LeaseState.PROVISIONING: "members are setting up",
     LeaseState.FAILED: "a member failed",
+    LeaseState.DEGRADED: "a member was lost; the others run on",
 }
 
 

@@ -234,6 +234,31 @@ class ProofRepo(Protocol):
     def passed_flops(self, model: str, limit: int = 50) -> list[float]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RayNodeRecord:
+    """A worker's Ray node on one lease, as its agent last reported it (docs/ray.md)."""
+
+    lease_id: str
+    worker_id: str
+    role: str
+    state: str
+    address: str
+    mesh: bool
+    node_id: str | None
+    gcs_address: str | None
+    dashboard_url: str | None
+    reason: str
+    updated_at: float
+
+
+class RayRepo(Protocol):
+    def save(self, node: RayNodeRecord) -> None:
+        """Insert or replace the node of (lease, worker)."""
+        ...
+
+    def nodes(self, lease_id: str) -> list[RayNodeRecord]: ...
+
+
 class Transaction(Protocol):
     @property
     def accounts(self) -> AccountRepo: ...
@@ -245,6 +270,8 @@ class Transaction(Protocol):
     def nonces(self) -> NonceRepo: ...
     @property
     def proofs(self) -> ProofRepo: ...
+    @property
+    def ray(self) -> RayRepo: ...
 
 
 class Database(Protocol):

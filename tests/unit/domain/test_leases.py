@@ -12,7 +12,8 @@ from gpupool.domain.leases import MemberState as M
 
 
 def members(*states: M, up: bool = True) -> list[Member]:
-    return [Member(s, up) for s in states]
+    """Members in these states; the first holds the Ray head."""
+    return [Member(s, up, head=i == 0) for i, s in enumerate(states)]
 
 
 @pytest.mark.parametrize(
@@ -22,8 +23,12 @@ def members(*states: M, up: bool = True) -> list[Member]:
         (L.PENDING, (M.PROVISIONING, M.ASSIGNED), L.PROVISIONING),
         (L.PROVISIONING, (M.READY, M.ASSIGNED), L.PROVISIONING),
         (L.PROVISIONING, (M.READY, M.READY), L.READY),
-        (L.READY, (M.READY, M.FAILED), L.FAILED),
-        (L.READY, (M.READY, M.RELEASED), L.FAILED),  # a member lost while active
+        (L.PROVISIONING, (M.READY, M.FAILED), L.FAILED),  # bring-up failed
+        (L.READY, (M.READY, M.FAILED), L.DEGRADED),  # a worker member died: the rest run on
+        (L.READY, (M.READY, M.RELEASED), L.DEGRADED),
+        (L.READY, (M.FAILED, M.READY), L.FAILED),  # the Ray head died
+        (L.DEGRADED, (M.READY, M.FAILED, M.READY), L.DEGRADED),
+        (L.DEGRADED, (M.FAILED, M.FAILED), L.FAILED),
         (L.ENDING, (M.RELEASED, M.READY), L.ENDING),
         (L.ENDING, (M.RELEASED, M.RELEASED), L.ENDED),
         (L.ENDED, (M.READY, M.READY), L.ENDED),
@@ -39,7 +44,19 @@ def test_ending_lease_does_not_wait_for_a_worker_that_is_down() -> None:
     assert rules.state_after_reports(L.ENDING, mixed) is L.ENDED
 
 
-@pytest.mark.parametrize("state", [L.PENDING, L.PROVISIONING, L.READY])
+def test_a_member_whose_worker_stops_answering_degrades_a_ready_lease() -> None:
+    assert (
+        rules.state_after_reports(
+            L.READY, [Member(M.READY, True, head=True), Member(M.READY, False)]
+        )
+        is L.DEGRADED
+    )
+    assert rules.state_after_reports(L.DEGRADED, members(M.READY, M.READY)) is L.READY
+    lost_head = [Member(M.READY, False, head=True), Member(M.READY, True)]
+    assert rules.state_after_reports(L.READY, lost_head) is L.FAILED
+
+
+@pytest.mark.parametrize("state", [L.PENDING, L.PROVISIONING, L.READY, L.DEGRADED])
 def test_active_leases_can_be_terminated(state: L) -> None:
     assert rules.terminate(state) is L.ENDING
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import gpupool
-from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, workers
+from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, ray, workers
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -29,6 +29,7 @@ from gpupool.services.agent_auth import AgentAuth
 from gpupool.services.challenges import Challenges
 from gpupool.services.market import Market
 from gpupool.services.ports import Clock, Database, SystemClock
+from gpupool.services.raycluster import RayClusters
 from gpupool.services.registry import Registry
 from gpupool.services.timelock import TimeLock
 
@@ -65,6 +66,7 @@ def build_services(
             epoch_seconds=settings.epoch_seconds,
             interval_seconds=settings.sample_interval_seconds,
         ),
+        ray=RayClusters(db, clock),
     )
 
 
@@ -124,8 +126,9 @@ def create_app(
     )
     app.state.services = svc
     errors.install(app)
-    for module in (accounts, agents, bandwidth, clusters, workers):
+    for module in (accounts, agents, bandwidth, clusters, ray, workers):
         app.include_router(module.router)
+    app.include_router(ray.agent_router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:

@@ -17,6 +17,7 @@ from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth, SignedRequest
 from gpupool.services.challenges import Challenges
 from gpupool.services.market import Market
+from gpupool.services.raycluster import RayClusters
 from gpupool.services.registry import Registry
 from gpupool.services.timelock import TimeLock
 
@@ -30,6 +31,7 @@ class Services:
     market: Market
     challenges: Challenges
     timelock: TimeLock
+    ray: RayClusters
 
 
 def services(request: Request) -> Services:

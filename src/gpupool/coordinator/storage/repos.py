@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gpupool.coordinator.storage.proofs import SqlProofs
+from gpupool.coordinator.storage.ray import SqlRayNodes
 from gpupool.coordinator.storage.tables import (
     accounts,
     clusters,
@@ -630,3 +631,4 @@ class SqlTransaction:
         self.leases = SqlLeases(conn)
         self.nonces = SqlNonces(conn)
         self.proofs = SqlProofs(conn)
+        self.ray = SqlRayNodes(conn)

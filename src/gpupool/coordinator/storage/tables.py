@@ -216,3 +216,20 @@ challenges = sa.Table(
     sa.Index("ix_challenges_device", "device_id"),
     sa.Index("ix_challenges_state", "state"),
 )
+
+# Ray on each lease (docs/ray.md): one row per worker of the lease, as its agent reports it.
+ray_nodes = sa.Table(
+    "ray_nodes",
+    metadata,
+    sa.Column("lease_id", sa.String(32), sa.ForeignKey("leases.id"), primary_key=True),
+    sa.Column("worker_id", sa.String(32), sa.ForeignKey("workers.id"), primary_key=True),
+    sa.Column("role", sa.String(8), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("mesh", sa.Boolean, nullable=False),
+    sa.Column("node_id", sa.String(64), nullable=True),
+    sa.Column("gcs_address", sa.String(96), nullable=True),
+    sa.Column("dashboard_url", sa.String(128), nullable=True),
+    sa.Column("reason", sa.String(2000), nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)

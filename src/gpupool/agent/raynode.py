@@ -1,0 +1,463 @@
+"""The agent's Ray adapter: one Ray node per lease on this worker, inside the lease sandbox.
+
+When a lease starts, the worker that holds the head device runs `ray start --head`; the others
+ask the coordinator for the head's address and run `ray start --address`. Every node gets its
+own temp dir, ports, an object-store limit and its devices as resources (domain/ray.py); its
+processes are started through the lease sandbox, so the guard counts them as the lease's own
+and the sandbox's end kills them all. A node is `joined` once the head's node list shows it
+alive (the head: once it shows every device of the lease); only then does the agent report
+its members ready, so a ready lease is a joined Ray cluster, checked rather than assumed.
+Afterwards a monitor watches the node's own processes and reports a member whose Ray died.
+
+`bind_address` is the seam for the mesh: the address this lease's Ray binds to. It is the
+lease's overlay address when a mesh is up, else the worker's ordinary address (the one its
+route to the coordinator leaves from); the node reports which one it uses. See docs/ray.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.sandbox import Sandbox
+from gpupool.agent.scratch import Scratch
+from gpupool.domain.leases import MemberState
+from gpupool.domain.models import DeviceSpec
+from gpupool.domain.ray import (
+    MIN_OBJECT_STORE_BYTES,
+    LocalDevice,
+    RayNodeState,
+    RayRole,
+    SeenNode,
+    missing_devices,
+    node_of_device,
+    node_resources,
+    role_of,
+)
+from gpupool.wire import models as w
+from gpupool.wire.ray import RayNodeReport
+
+log = logging.getLogger("gpupool.agent.ray")
+
+START_TIMEOUT = 90.0
+JOIN_TIMEOUT = 240.0
+POLL_SECONDS = 0.25
+MONITOR_SECONDS = 1.0
+WORKER_PORTS = 64  # ports for Ray worker processes, per node
+# AF_UNIX paths stop at 107 bytes; Ray puts sockets at <temp>/session_<stamp>_<pid>/sockets/...
+MAX_TEMP_DIR_CHARS = 40
+# Secrets of the agent never reach a lease's processes.
+_HIDDEN_ENV = ("GPUPOOL_KEY", "GPUPOOL_ADMIN_KEY")
+
+
+class RayStartError(Exception):
+    pass
+
+
+def ordinary_address(coordinator_url: str) -> str:
+    """The local address of this machine's route towards the coordinator (no packet is sent)."""
+    parts = urlsplit(coordinator_url)
+    host = parts.hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host), parts.port or 80))
+        address: str = s.getsockname()[0]
+    return address
+
+
+def ordinary_bind_address(coordinator_url: str) -> Callable[[str], tuple[str, bool]]:
+    """The seam for the mesh: `lease_id -> (address, on the mesh?)`, the address the lease's
+    Ray binds to. Without a mesh, every lease binds to the worker's ordinary address. With
+    one, replace this by a function that answers the lease's overlay IPv4 and True."""
+
+    def bind(_lease_id: str) -> tuple[str, bool]:
+        return ordinary_address(coordinator_url), False
+
+    return bind
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def start_argv(
+    role: RayRole,
+    address: str,
+    temp_dir: Path,
+    devices: Sequence[LocalDevice],
+    object_store_bytes: int,
+    head_gcs: str | None = None,
+) -> tuple[list[str], dict[str, int]]:
+    """The `ray start` command line of one node, and the ports it takes."""
+    res = node_resources(devices)
+    ports = {
+        "node-manager-port": _free_port(address),
+        "object-manager-port": _free_port(address),
+        "dashboard-agent-listen-port": _free_port(address),
+        "dashboard-agent-grpc-port": _free_port(address),
+        "metrics-export-port": _free_port(address),
+        "runtime-env-agent-port": _free_port(address),
+    }
+    first_worker_port = 20000 + secrets.randbelow(40000 - WORKER_PORTS)
+    argv = [
+        ray_executable(),
+        "start",
+        f"--node-ip-address={address}",
+        f"--temp-dir={temp_dir}",
+        f"--num-cpus={res.num_cpus}",
+        f"--num-gpus={res.num_gpus}",
+        f"--resources={json.dumps(res.custom, sort_keys=True)}",
+        f"--object-store-memory={max(object_store_bytes, MIN_OBJECT_STORE_BYTES)}",
+        f"--min-worker-port={first_worker_port}",
+        f"--max-worker-port={first_worker_port + WORKER_PORTS - 1}",
+        "--disable-usage-stats",
+    ]
+    if role is RayRole.HEAD:
+        ports["port"] = _free_port(address)
+        ports["dashboard-port"] = _free_port(address)
+        ports["ray-client-server-port"] = _free_port(address)
+        argv += ["--head", "--include-dashboard=true", f"--dashboard-host={address}"]
+    else:
+        assert head_gcs is not None
+        argv += [f"--address={head_gcs}"]
+    argv += [f"--{name}={port}" for name, port in sorted(ports.items())]
+    return argv, ports
+
+
+def list_nodes(dashboard_url: str, timeout: float = 5.0) -> list[SeenNode]:
+    """The head's node list, through the dashboard's state API."""
+    answer = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 10000}, timeout=timeout)
+    answer.raise_for_status()
+    rows = answer.json()["data"]["result"]["result"]
+    return [
+        SeenNode(
+            node_id=str(row["node_id"]),
+            alive=row.get("state") == "ALIVE",
+            resources=frozenset(row.get("resources_total") or {}),
+        )
+        for row in rows
+    ]
+
+
+@dataclass
+class LeaseNode:
+    """This worker's Ray node on one lease."""
+
+    lease_id: str
+    role: RayRole
+    address: str
+    mesh: bool
+    temp_dir: Path
+    scratch: Scratch
+    local_devices: list[str]
+    lease_devices: list[str]
+    sandbox: Sandbox
+    stop: threading.Event = field(default_factory=threading.Event)
+    state: RayNodeState = RayNodeState.STARTING
+    node_id: str | None = None
+    gcs_address: str | None = None
+    dashboard_url: str | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+    @property
+    def joined(self) -> bool:
+        return self.state is RayNodeState.JOINED
+
+
+class RayNodes:
+    """Brings up, watches and tears down the Ray nodes of this worker's leases."""
+
+    def __init__(
+        self,
+        link: CoordinatorLink,
+        state_dir: Path,
+        devices: Sequence[DeviceSpec],
+        worker_id: str,
+        bind_address: Callable[[str], tuple[str, bool]],
+        object_store_bytes: int = MIN_OBJECT_STORE_BYTES,
+    ) -> None:
+        self.link = link
+        self.state_dir = state_dir
+        self.devices = {f"{worker_id}:{d.local_name}": d for d in devices}
+        self.worker_id = worker_id
+        self.bind_address = bind_address
+        self.object_store_bytes = object_store_bytes
+        self.nodes: dict[str, LeaseNode] = {}
+        self._lock = threading.Lock()
+
+    # the daemon's calls -------------------------------------------------------------------
+
+    def joined(self, lease_id: str) -> bool:
+        node = self.nodes.get(lease_id)
+        return node is not None and node.joined
+
+    def start(self, a: w.AssignmentOut, sandbox: Sandbox) -> None:
+        """Start this worker's node of the lease in the background (idempotent)."""
+        with self._lock:
+            if a.lease_id in self.nodes:
+                return
+            head_worker = next(m.worker_id for m in a.members if m.device_id == a.head_device_id)
+            address, mesh = self.bind_address(a.lease_id)
+            lease_dir = self.state_dir / "leases" / a.lease_id
+            node = LeaseNode(
+                lease_id=a.lease_id,
+                role=role_of(self.worker_id, head_worker),
+                address=address,
+                mesh=mesh,
+                temp_dir=self._temp_dir(a.lease_id),
+                scratch=Scratch.create(lease_dir),
+                local_devices=list(a.local_devices),
+                lease_devices=[m.device_id for m in a.members],
+                sandbox=sandbox,
+            )
+            self.nodes[a.lease_id] = node
+            node.thread = threading.Thread(
+                target=self._run, args=(node,), name=f"ray-{a.lease_id}", daemon=True
+            )
+            node.thread.start()
+
+    def stop(self, lease_id: str) -> None:
+        """Stop watching the lease's node (its sandbox is destroyed next)."""
+        node = self.nodes.get(lease_id)
+        if node is not None:
+            node.stop.set()
+            if node.thread is not None and node.thread is not threading.current_thread():
+                node.thread.join(timeout=5)
+
+    def cleanup(self, lease_id: str) -> None:
+        """After the sandbox is gone: kill any Ray process that escaped it, remove the temp
+        dir, destroy the scratch key and folder, and say so to the coordinator."""
+        node = self.nodes.pop(lease_id, None)
+        if node is None:
+            return
+        kill_processes_using(node.temp_dir)
+        shutil.rmtree(node.temp_dir, ignore_errors=True)
+        node.scratch.destroy()
+        shutil.rmtree(node.scratch.directory.parent, ignore_errors=True)
+        with contextlib.suppress(LinkError):
+            self._report(node, RayNodeState.STOPPED, "the lease ended")
+        log.info("event=ray_stopped lease=%s", lease_id)
+
+    # a node's life ------------------------------------------------------------------------
+
+    def _temp_dir(self, lease_id: str) -> Path:
+        local = self.state_dir / "ray" / lease_id
+        if len(str(local)) <= MAX_TEMP_DIR_CHARS:
+            return local
+        digest = hashlib.sha256(f"{self.worker_id}/{lease_id}".encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"gpr-{digest}"
+
+    def _run(self, node: LeaseNode) -> None:
+        try:
+            self._bring_up(node)
+        except (RayStartError, LinkError, httpx.HTTPError, OSError) as exc:
+            if not node.stop.is_set():
+                self._fail(node, f"Ray {node.role} did not start: {exc}")
+            return
+        if node.joined:
+            self._monitor(node)
+
+    def _bring_up(self, node: LeaseNode) -> None:
+        started = time.monotonic()
+        self._report(node, RayNodeState.STARTING)
+        head_gcs = None
+        if node.role is RayRole.WORKER:
+            head_gcs, node.dashboard_url = self._wait_for_head(node)
+            if head_gcs is None:
+                return
+        devices = [self._local(d) for d in node.local_devices]
+        argv, node.ports = start_argv(
+            node.role, node.address, node.temp_dir, devices, self.object_store_bytes, head_gcs
+        )
+        node.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._ray_start(node, argv)
+        if node.role is RayRole.HEAD:
+            node.gcs_address = f"{node.address}:{node.ports['port']}"
+            node.dashboard_url = f"http://{node.address}:{node.ports['dashboard-port']}"
+        node.state = RayNodeState.STARTED
+        self._report(node, RayNodeState.STARTED)
+        log.info(
+            "event=ray_started lease=%s role=%s address=%s mesh=%s seconds=%.2f",
+            node.lease_id,
+            node.role,
+            node.address,
+            node.mesh,
+            time.monotonic() - started,
+        )
+        self._wait_joined(node)
+
+    def _local(self, device_id: str) -> LocalDevice:
+        spec = self.devices[device_id]
+        return LocalDevice(device_id, spec.kind, max(len(spec.cores), 1))
+
+    def _wait_for_head(self, node: LeaseNode) -> tuple[str | None, str | None]:
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while not node.stop.is_set():
+            head = self.link.ray_head(node.lease_id)
+            if head.head is not None and head.head.state in (RayNodeState.FAILED,):
+                raise RayStartError(f"the Ray head failed: {head.head.reason}")
+            if (
+                head.gcs_address
+                and head.head is not None
+                and head.head.state
+                in (
+                    RayNodeState.STARTED,
+                    RayNodeState.JOINED,
+                )
+            ):
+                return head.gcs_address, head.dashboard_url
+            if time.monotonic() > deadline:
+                raise RayStartError(f"no Ray head address within {JOIN_TIMEOUT:.0f} s")
+            node.stop.wait(POLL_SECONDS)
+        return None, None
+
+    def _ray_start(self, node: LeaseNode, argv: list[str]) -> None:
+        """Run `ray start` inside the lease sandbox; its output goes to the node's log."""
+        log_file = node.temp_dir / "ray-start.log"
+        rc_file = node.temp_dir / "ray-start.rc"
+        script = '"$@" > "$0" 2>&1; echo $? > "$0.rc.tmp"; mv "$0.rc.tmp" "$0.rc"'
+        log_file.unlink(missing_ok=True)
+        rc_file.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV}
+        env.update(node.scratch.env())
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+        node.sandbox.spawn(["/bin/sh", "-c", script, str(log_file), *argv], env=env)
+        deadline = time.monotonic() + START_TIMEOUT
+        rc_path = Path(f"{log_file}.rc")
+        while not rc_path.exists():
+            if node.stop.wait(0.1):
+                raise RayStartError("the lease ended during bring-up")
+            if time.monotonic() > deadline:
+                raise RayStartError(f"`ray start` did not finish within {START_TIMEOUT:.0f} s")
+        rc = rc_path.read_text().strip()
+        if rc != "0":
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RayStartError(f"`ray start` exited {rc}: {' | '.join(tail)[-600:]}")
+
+    def _wait_joined(self, node: LeaseNode) -> None:
+        """Until the head's node list shows this node (the head: every device of the lease)."""
+        assert node.dashboard_url is not None
+        wanted = node.lease_devices if node.role is RayRole.HEAD else node.local_devices
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        last = ""
+        while not node.stop.is_set():
+            try:
+                nodes = list_nodes(node.dashboard_url)
+                missing = missing_devices(nodes, wanted)
+                last = f"waiting for {', '.join(missing)}" if missing else ""
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                missing, last = wanted, f"node list: {exc}"
+            if not missing:
+                own = node_of_device(nodes, node.local_devices[0])
+                node.node_id = own.node_id if own else None
+                node.state = RayNodeState.JOINED
+                self._report(node, RayNodeState.JOINED)
+                self._report_members(node, MemberState.READY)
+                log.info("event=ray_joined lease=%s node=%s", node.lease_id, node.node_id)
+                return
+            if time.monotonic() > deadline:
+                raise RayStartError(f"not joined within {JOIN_TIMEOUT:.0f} s ({last})")
+            node.stop.wait(POLL_SECONDS)
+
+    def _monitor(self, node: LeaseNode) -> None:
+        """Report the node's death: its raylet (and, on the head, its GCS) gone."""
+        needed = {"raylet"} | ({"gcs_server"} if node.role is RayRole.HEAD else set())
+        while not node.stop.wait(MONITOR_SECONDS):
+            running = {_comm(pid) for pid in node.sandbox.pids()}
+            gone = needed - running
+            if gone and not node.stop.is_set():
+                what = "the Ray head" if node.role is RayRole.HEAD else "a Ray worker node"
+                self._fail(
+                    node,
+                    f"{what} died on {', '.join(node.local_devices)} "
+                    f"({', '.join(sorted(gone))} exited)",
+                )
+                return
+
+    def _fail(self, node: LeaseNode, reason: str) -> None:
+        log.error("event=ray_failed lease=%s reason=%s", node.lease_id, reason)
+        node.state = RayNodeState.FAILED
+        with contextlib.suppress(LinkError):
+            self._report(node, RayNodeState.FAILED, reason)
+        self._report_members(node, MemberState.FAILED, reason)
+
+    def _report(self, node: LeaseNode, state: RayNodeState, reason: str = "") -> None:
+        self.link.ray_report(
+            node.lease_id,
+            RayNodeReport(
+                role=node.role,
+                state=state,
+                address=node.address,
+                mesh=node.mesh,
+                node_id=node.node_id,
+                gcs_address=node.gcs_address,
+                dashboard_url=node.dashboard_url,
+                reason=reason[:2000],
+            ),
+        )
+
+    def _report_members(self, node: LeaseNode, state: MemberState, reason: str = "") -> None:
+        for device in node.local_devices:
+            try:
+                self.link.report(node.lease_id, device, state.value, reason[:2000])
+            except LinkError as exc:
+                log.warning(
+                    "event=report_failed lease=%s device=%s state=%s reason=%s",
+                    node.lease_id,
+                    device,
+                    state,
+                    exc.message,
+                )
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def kill_processes_using(temp_dir: Path) -> list[int]:
+    """Kill every process whose command line names `temp_dir` (a lease's Ray processes that
+    left its process group, where the sandbox is a process group and not a cgroup)."""
+    needle = str(temp_dir).encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
