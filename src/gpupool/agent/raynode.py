@@ -93,6 +93,16 @@ def ordinary_bind_address(coordinator_url: str) -> Callable[[str], tuple[str, bo
     return bind
 
 
+def temp_dir_for(state_dir: Path, worker_id: str, lease_id: str) -> Path:
+    """The Ray temp dir of a lease's node: under the agent's state folder when that path is
+    short enough for Ray's Unix sockets, else a name in the system's temp folder."""
+    local = state_dir / "ray" / lease_id
+    if len(str(local)) <= MAX_TEMP_DIR_CHARS:
+        return local
+    digest = hashlib.sha256(f"{worker_id}/{lease_id}".encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"gpr-{digest}"
+
+
 def _free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -230,7 +240,7 @@ class RayNodes:
                 role=role_of(self.worker_id, head_worker),
                 address=address,
                 mesh=mesh,
-                temp_dir=self._temp_dir(a.lease_id),
+                temp_dir=temp_dir_for(self.state_dir, self.worker_id, a.lease_id),
                 scratch=Scratch.create(lease_dir),
                 local_devices=list(a.local_devices),
                 lease_devices=[m.device_id for m in a.members],
@@ -256,7 +266,8 @@ class RayNodes:
         node = self.nodes.pop(lease_id, None)
         if node is None:
             return
-        kill_processes_using(node.temp_dir)
+        scratch_env = next(iter(node.scratch.env().items()))
+        kill_processes_using(node.temp_dir, "=".join(scratch_env))
         shutil.rmtree(node.temp_dir, ignore_errors=True)
         node.scratch.destroy()
         shutil.rmtree(node.scratch.directory.parent, ignore_errors=True)
@@ -265,13 +276,6 @@ class RayNodes:
         log.info("event=ray_stopped lease=%s", lease_id)
 
     # a node's life ------------------------------------------------------------------------
-
-    def _temp_dir(self, lease_id: str) -> Path:
-        local = self.state_dir / "ray" / lease_id
-        if len(str(local)) <= MAX_TEMP_DIR_CHARS:
-            return local
-        digest = hashlib.sha256(f"{self.worker_id}/{lease_id}".encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"gpr-{digest}"
 
     def _run(self, node: LeaseNode) -> None:
         try:
@@ -444,19 +448,22 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def kill_processes_using(temp_dir: Path) -> list[int]:
-    """Kill every process whose command line names `temp_dir` (a lease's Ray processes that
-    left its process group, where the sandbox is a process group and not a cgroup)."""
-    needle = str(temp_dir).encode()
+def kill_processes_using(temp_dir: Path, environ_marker: str | None = None) -> list[int]:
+    """Kill every process whose command line names `temp_dir` or whose environment holds
+    `environ_marker`: a lease's Ray processes that left its process group (Ray's workers
+    start their own sessions), where the sandbox is a process group and not a cgroup."""
+    needles = [str(temp_dir).encode()]
+    marker = environ_marker.encode() if environ_marker else None
     killed = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes() if marker else b""
         except OSError:
             continue
-        if needle in cmdline:
+        if any(n in cmdline for n in needles) or (marker and marker in environ.split(b"\0")):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from gpupool import __version__
-from gpupool.cli import accounts, bench, clusters, demo, proof, serve, workers
+from gpupool.cli import accounts, bench, clusters, demo, jobs, proof, serve, workers
 from gpupool.cli.common import CliError, api_error_message, err
 from gpupool.client import ApiError
 
@@ -28,6 +28,7 @@ app.add_typer(serve.agent_app, name="agent")
 app.add_typer(accounts.app, name="account")
 app.add_typer(workers.app, name="workers")
 app.add_typer(clusters.app, name="cluster")
+app.add_typer(jobs.app, name="job")
 app.add_typer(proof.app, name="proof")
 app.add_typer(bench.app, name="bench")
 app.command("demo")(demo.demo)

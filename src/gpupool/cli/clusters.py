@@ -23,6 +23,7 @@ from gpupool.cli.common import (
 from gpupool.client import Client
 from gpupool.domain.models import DeviceKind, SecurityTier
 from gpupool.wire.models import ClusterOut
+from gpupool.wire.ray import ClusterRayOut
 
 app = typer.Typer(help="Clusters: book devices by the hour.", no_args_is_help=True)
 
@@ -68,6 +69,31 @@ def show_cluster(c: ClusterOut) -> None:
     )
     out.print(
         table("events", ["at", "state", "note"], [(when(e.at), e.state, e.note) for e in c.events])
+    )
+
+
+def show_ray(ray: ClusterRayOut) -> None:
+    if not ray.nodes:
+        out.print("  Ray: not started")
+        return
+    out.print(
+        f"  Ray dashboard {ray.dashboard_url or '-'}   GCS {ray.gcs_address or '-'}   "
+        f"{sum(n.state == 'joined' for n in ray.nodes)}/{len(ray.nodes)} nodes joined"
+    )
+    if not ray.mesh:
+        out.print(
+            "  [yellow]without the mesh:[/yellow] the members' Ray talks over their ordinary "
+            "addresses, unencrypted"
+        )
+    out.print(
+        table(
+            "Ray nodes",
+            ["worker", "role", "state", "address", "node", "note"],
+            [
+                (n.worker_id, n.role, n.state, n.address, (n.node_id or "")[:12], n.reason)
+                for n in ray.nodes
+            ],
+        )
     )
 
 
@@ -157,13 +183,15 @@ def show(
     key: KeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show one cluster: its lease, members and history."""
+    """Show one cluster: its lease, members, history and Ray cluster."""
     with client(coordinator, key) as gp:
         cluster = gp.cluster(cluster_id)
+        ray = gp.cluster_ray(cluster_id)
     if json_out:
-        print_json(cluster)
+        print_json({**cluster.model_dump(mode="json"), "ray": ray.model_dump(mode="json")})
     else:
         show_cluster(cluster)
+        show_ray(ray)
 
 
 @app.command("extend")
