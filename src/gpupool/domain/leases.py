@@ -8,7 +8,7 @@ A lease's state is derived from its members' states while it is active; commands
         └──────────┴───────────┴─────────┴────→ failed
 
 A lease is `ready` when every member is; once it was ready, a member that dies (its agent
-reports it failed, or its worker stops answering) makes it `degraded`, and the lease runs on
+reports it failed or released, for example because its Ray node died) makes it `degraded`, and the lease runs on
 with the members left; the death of the Ray head member fails it, with that member's reason.
 Before the lease was ever ready, any member's failure fails it (bring-up did not succeed).
 
@@ -78,7 +78,9 @@ class Member:
 
     @property
     def lost(self) -> bool:
-        return self.state in (MemberState.FAILED, MemberState.RELEASED) or not self.worker_up
+        """Its agent reported it gone. A worker that merely stops answering is not taken
+        for lost: heartbeats can pause while the lease's processes run on."""
+        return self.state in (MemberState.FAILED, MemberState.RELEASED)
 
 
 def state_after_reports(current: LeaseState, members: Iterable[Member]) -> LeaseState:

@@ -229,8 +229,6 @@ class Market:
         if state is lease.state:
             return
         note = failure or _SETTLED_NOTES.get(state, "")
-        if state is LeaseState.FAILED and lease.state in rules.RUNNING_STATES and not failure:
-            note = "the Ray head member was lost (its worker stopped answering)"
         if state is LeaseState.FAILED:
             self._move(tx, lease, state, note)
             return
