@@ -88,3 +88,8 @@ def test_demo_ends_its_lease_and_prints_json_last(tmp_path: object) -> None:
     assert len(summary["devices"]) == 2
     assert summary["cluster_id"].startswith("c-")
     assert "no GPU" in summary["note"]
+    ray = summary["ray"]  # the distributed Ray job on the booked members
+    assert ray["job_status"] == "SUCCEEDED"
+    assert ray["nodes"] == 2 and ray["trial_nodes"] == 2  # one node per member, both worked
+    assert ray["trials"] == 24
+    assert 20.0 < ray["best_rmse_ms"] < 80.0  # RTT from distance on real data, in ms

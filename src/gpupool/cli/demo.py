@@ -1,13 +1,15 @@
 """`gpupool demo`: the whole product on this machine, end to end.
 
 Starts a coordinator (SQLite in a temporary state folder) and three agents as separate
-processes, books a 2-device cluster as a renter, watches it become ready, extends it,
-terminates it, watches every device come back, and prints a summary. The devices are CPU core
-groups: this machine has no GPU, and gpupool never pretends one.
+processes, books a 2-device cluster as a renter, watches it become ready (its Ray cluster
+joined), runs a distributed Ray job on it (cli/raydemo.py), extends it, terminates it,
+watches every device come back, and prints a summary. The devices are CPU core groups: this
+machine has no GPU, and gpupool never pretends one.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from rich.console import Console
 from gpupool.cli.clusters import wait_for_state
 from gpupool.cli.common import err, out, print_json, table, when
 from gpupool.cli.proof import summary as proof_summary
+from gpupool.cli.raydemo import run_rtt_search
 from gpupool.client import Client
 from gpupool.localnet import LocalNetwork
 from gpupool.wire.models import ClusterOut, WorkerOut
@@ -49,7 +52,11 @@ def demo(
     say: Console = err if json_out else out
     folder = state_dir or Path(tempfile.mkdtemp(prefix="gpupool-demo-"))
     signal.signal(signal.SIGTERM, _interrupt)
-    net = LocalNetwork(folder, agents=agents, heartbeat_seconds=2.0)
+    # One device per agent (all its cores): each agent stands for one machine, so the Ray
+    # cluster has as many nodes as devices booked.
+    net = LocalNetwork(
+        folder, agents=agents, heartbeat_seconds=2.0, cpu_group_size=os.cpu_count() or 1
+    )
     try:
         net.start(on_step=lambda text: say.print(f"• {text}"))
         summary = _run(net, devices, say, json_out)
@@ -91,6 +98,7 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
             f"• {cluster.id} is [bold]{cluster.state}[/bold] after {to_ready:.1f} s "
             f"(head {cluster.head_device_id})"
         )
+        ray_summary = run_rtt_search(gp, cluster.id, say)
         cluster = gp.extend(cluster.id, 1)
         say.print(f"• extended by 1 h: now ends {when(cluster.t2)}")
         intrusion = _intrude(cluster, workers, say)
@@ -129,6 +137,7 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
         "seconds_to_ready": round(to_ready, 3),
         "seconds_to_ended": round(to_end, 3),
         "potl": {**potl, "foreign_process": intrusion},
+        "ray": ray_summary,
     }
 
 

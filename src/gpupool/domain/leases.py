@@ -8,11 +8,12 @@ A lease's state is derived from its members' states while it is active; commands
         └──────────┴───────────┴─────────┴────→ failed
 
 A lease is `ready` when every member is; once it was ready, a member that dies (its agent
-reports it failed or released, for example because its Ray node died) makes it `degraded`, and the lease runs on
-with the members left; the death of the Ray head member fails it, with that member's reason.
-Before the lease was ever ready, any member's failure fails it (bring-up did not succeed).
+reports it failed or released, for example because its Ray node died) makes it `degraded`,
+and the lease runs on with the members left; the death of the Ray head member fails it, with
+that member's reason. Before the lease was ever ready, any member's failure fails it
+(bring-up did not succeed).
 
-Agents run a lease while it is active (pending, provisioning, ready) and tear it down as
+Agents run a lease while it is active (pending, provisioning, ready, degraded) and tear it down as
 soon as it is not; a lease that is `ending` becomes `ended` when every member has released
 its device (or its worker is down and cannot answer).
 """
