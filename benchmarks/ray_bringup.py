@@ -31,6 +31,7 @@ from gpupool.client import Client
 from gpupool.localnet.network import LocalNetwork, wait_for
 
 POLL = 0.02
+ORDER = ("starting", "started", "joined")
 
 
 def _round(gp: Client) -> dict[str, float]:
@@ -42,10 +43,11 @@ def _round(gp: Client) -> dict[str, float]:
     while time.monotonic() < deadline:
         now = time.monotonic()
         for node in gp.cluster_ray(cluster.id).nodes:
-            for state in ("starting", "started", "joined"):
+            if node.state.value not in ORDER:
+                raise SystemExit(f"a Ray node of {cluster.id} is {node.state}: {node.reason}")
+            for state in ORDER:
                 # a node seen in a later state has passed the earlier ones by now
-                order = ("starting", "started", "joined")
-                if order.index(node.state.value) >= order.index(state):
+                if ORDER.index(node.state.value) >= ORDER.index(state):
                     seen.setdefault((f"{node.role.value}:{node.worker_id}", state), now)
         state = gp.cluster(cluster.id).state.value
         if state == "ready":
