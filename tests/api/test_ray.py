@@ -70,7 +70,7 @@ def test_members_learn_the_heads_address_and_outsiders_do_not(
         _report(outsider, lease_id, "head", "started")
     assert refused.value.status == 404
     with pytest.raises(LinkError) as refused:  # a worker member cannot claim the head
-        _report(other, lease_id, "head", "started", gcs_address="10.9.9.9:1")
+        _report(other, lease_id, "head", "started", gcs_address="10.0.0.1:1")
     assert refused.value.status == 409
     assert other.link.ray_head(lease_id).gcs_address == "10.0.0.1:6379"
 
@@ -81,7 +81,7 @@ def test_renter_sees_the_ray_view_and_another_renter_gets_404_everywhere(
     cluster, head = _booked(api, renter, agents)
     cid = cluster["id"]
     _report(
-        head, cluster["lease_id"], "head", "joined", node_id="ab" * 28,
+        head, cluster["lease_id"], "head", "joined", node_id="ab" * 28, address="127.0.0.1",
         gcs_address="127.0.0.1:1", dashboard_url="http://127.0.0.1:1",
     )  # fmt: skip
     view = api.http.get(f"/v1/clusters/{cid}/ray", headers=api.as_key(renter)).json()
@@ -115,7 +115,10 @@ def test_job_proxy_refuses_bad_ids_and_clusters_without_a_running_head(
     cid, key = cluster["id"], api.as_key(renter)
     r = api.http.get(f"/v1/clusters/{cid}/jobs", headers=key)
     assert r.status_code == 409 and "not running yet" in r.json()["message"]
-    _report(head, cluster["lease_id"], "head", "started", dashboard_url="http://127.0.0.1:1")
+    _report(
+        head, cluster["lease_id"], "head", "started",
+        address="127.0.0.1", dashboard_url="http://127.0.0.1:1",
+    )  # fmt: skip
     r = api.http.get(f"/v1/clusters/{cid}/jobs/bad.id/logs", headers=key)
     assert r.status_code == 422
     r = api.http.put(f"/v1/clusters/{cid}/jobs/packages/evil.zip", content=b"x", headers=key)
@@ -152,3 +155,26 @@ def test_a_dead_worker_member_degrades_the_lease_and_a_dead_head_fails_it(
     state = head.link.report(lease_id, head.device(0), "failed", "the Ray head died (gcs)")
     assert state == "failed"
     assert show()["reason"] == "the Ray head died (gcs)"
+
+
+@pytest.mark.parametrize(
+    ("address", "dashboard_url"),
+    [
+        ("10.0.0.1", "http://169.254.169.254:80"),  # another host: cloud metadata
+        ("169.254.169.254", "http://169.254.169.254:80"),  # link-local node address
+        ("10.0.0.1", "http://10.0.0.1"),  # no port
+        ("10.0.0.1", "https://10.0.0.1:443"),
+        ("head.example", "http://head.example:8265"),  # names resolve elsewhere later
+    ],
+)
+def test_a_head_may_only_name_its_own_dashboard(
+    api: Api, renter: str, agents: list[AgentSim], address: str, dashboard_url: str
+) -> None:
+    """The proxy sends renters' requests to this URL: no pointing it at other hosts."""
+    cluster, head = _booked(api, renter, agents)
+    with pytest.raises(LinkError) as refused:
+        _report(
+            head, cluster["lease_id"], "head", "started",
+            address=address, dashboard_url=dashboard_url,
+        )  # fmt: skip
+    assert refused.value.status == 422

@@ -85,10 +85,14 @@ class Agent:
             sandbox = self.sandboxes.attach(lease_id, record.sandbox)
             if sandbox is None:
                 log.warning("event=lease_sandbox_lost lease=%s", lease_id)
+                if self.ray is not None:
+                    self.ray.cleanup(lease_id)  # its Ray files and scratch key go too
                 del self.state.leases[lease_id]
                 self.state.unreported.update((lease_id, d) for d in record.devices)
             else:
                 self.running[lease_id] = sandbox
+                if self.ray is not None:
+                    self.ray.adopt(lease_id, sandbox)
                 log.info("event=lease_adopted lease=%s sandbox=%s", lease_id, sandbox.path)
         for stray in self.sandboxes.leftovers(set(self.state.leases)):
             log.warning("event=stray_sandbox_removed sandbox=%s", stray.path)

@@ -64,6 +64,7 @@ MONITOR_SECONDS = 1.0
 WORKER_PORTS = 64  # ports for Ray worker processes, per node
 # AF_UNIX paths stop at 107 bytes; Ray puts sockets at <temp>/session_<stamp>_<pid>/sockets/...
 MAX_TEMP_DIR_CHARS = 40
+RECORD_FILE = "ray.json"
 # Secrets of the agent never reach a lease's processes.
 _HIDDEN_ENV = ("GPUPOOL_KEY", "GPUPOOL_ADMIN_KEY")
 
@@ -234,7 +235,7 @@ class RayNodes:
                 return
             head_worker = next(m.worker_id for m in a.members if m.device_id == a.head_device_id)
             address, mesh = self.bind_address(a.lease_id)
-            lease_dir = self.state_dir / "leases" / a.lease_id
+            lease_dir = self._lease_dir(a.lease_id)
             node = LeaseNode(
                 lease_id=a.lease_id,
                 role=role_of(self.worker_id, head_worker),
@@ -260,32 +261,72 @@ class RayNodes:
             if node.thread is not None and node.thread is not threading.current_thread():
                 node.thread.join(timeout=5)
 
+    def adopt(self, lease_id: str, sandbox: Sandbox) -> None:
+        """After an agent restart: take back the lease's node from its record, and watch it
+        again if it had joined (a bring-up cut short by the restart is reported failed)."""
+        record = self._lease_dir(lease_id) / RECORD_FILE
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return  # no node was started: cleanup() still removes what the lease left
+        node = LeaseNode(
+            lease_id=lease_id,
+            role=RayRole(data["role"]),
+            address=data["address"],
+            mesh=bool(data["mesh"]),
+            temp_dir=Path(data["temp_dir"]),
+            scratch=Scratch.at(self._lease_dir(lease_id)),
+            local_devices=list(data["local_devices"]),
+            lease_devices=list(data["lease_devices"]),
+            sandbox=sandbox,
+            state=RayNodeState(data["state"]),
+            node_id=data.get("node_id"),
+            gcs_address=data.get("gcs_address"),
+            dashboard_url=data.get("dashboard_url"),
+        )
+        with self._lock:
+            self.nodes[lease_id] = node
+        if node.joined:
+            node.thread = threading.Thread(
+                target=self._monitor, args=(node,), name=f"ray-{lease_id}", daemon=True
+            )
+            node.thread.start()
+        elif node.state is not RayNodeState.FAILED:
+            self._fail(node, "the agent restarted while Ray was starting")
+
     def cleanup(self, lease_id: str) -> None:
         """After the sandbox is gone: kill any Ray process that escaped it, remove the temp
-        dir, destroy the scratch key and folder, and say so to the coordinator."""
+        dir, destroy the scratch key and folder, and say so to the coordinator. Also for a
+        lease whose node this agent no longer knows: its files go all the same."""
         node = self.nodes.pop(lease_id, None)
-        if node is None:
-            return
-        scratch_env = next(iter(node.scratch.env().items()))
-        kill_processes_using(node.temp_dir, "=".join(scratch_env))
-        shutil.rmtree(node.temp_dir, ignore_errors=True)
-        node.scratch.destroy()
-        shutil.rmtree(node.scratch.directory.parent, ignore_errors=True)
-        with contextlib.suppress(LinkError):
-            self._report(node, RayNodeState.STOPPED, "the lease ended")
+        lease_dir = self._lease_dir(lease_id)
+        temp_dir = node.temp_dir if node else temp_dir_for(self.state_dir, self.worker_id, lease_id)
+        scratch = node.scratch if node else Scratch.at(lease_dir)
+        kill_processes_using(temp_dir, "=".join(next(iter(scratch.env().items()))))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        scratch.destroy()
+        shutil.rmtree(lease_dir, ignore_errors=True)
+        if node is not None:
+            with contextlib.suppress(LinkError):
+                self._report(node, RayNodeState.STOPPED, "the lease ended")
         log.info("event=ray_stopped lease=%s", lease_id)
+
+    def _lease_dir(self, lease_id: str) -> Path:
+        return self.state_dir / "leases" / lease_id
 
     # a node's life ------------------------------------------------------------------------
 
     def _run(self, node: LeaseNode) -> None:
         try:
             self._bring_up(node)
+            if node.joined:
+                self._monitor(node)
         except (RayStartError, LinkError, httpx.HTTPError, OSError) as exc:
             if not node.stop.is_set():
                 self._fail(node, f"Ray {node.role} did not start: {exc}")
-            return
-        if node.joined:
-            self._monitor(node)
+        finally:
+            if node.stop.is_set():  # the lease ended while this thread still worked
+                shutil.rmtree(node.temp_dir, ignore_errors=True)
 
     def _bring_up(self, node: LeaseNode) -> None:
         started = time.monotonic()
@@ -295,6 +336,8 @@ class RayNodes:
             head_gcs, node.dashboard_url = self._wait_for_head(node)
             if head_gcs is None:
                 return
+        if node.stop.is_set():
+            return
         devices = [self._local(d) for d in node.local_devices]
         argv, node.ports = start_argv(
             node.role, node.address, node.temp_dir, devices, self.object_store_bytes, head_gcs
@@ -413,6 +456,8 @@ class RayNodes:
         self._report_members(node, MemberState.FAILED, reason)
 
     def _report(self, node: LeaseNode, state: RayNodeState, reason: str = "") -> None:
+        if state is not RayNodeState.STOPPED:
+            self._save(node, state)
         self.link.ray_report(
             node.lease_id,
             RayNodeReport(
@@ -421,11 +466,31 @@ class RayNodes:
                 address=node.address,
                 mesh=node.mesh,
                 node_id=node.node_id,
-                gcs_address=node.gcs_address,
-                dashboard_url=node.dashboard_url,
+                # a worker knows the head's addresses too, but speaks only for its own node
+                gcs_address=node.gcs_address if node.role is RayRole.HEAD else None,
+                dashboard_url=node.dashboard_url if node.role is RayRole.HEAD else None,
                 reason=reason[:2000],
             ),
         )
+
+    def _save(self, node: LeaseNode, state: RayNodeState) -> None:
+        """Record the node beside the lease's scratch, for `adopt` after a restart."""
+        record = {
+            "role": node.role.value,
+            "address": node.address,
+            "mesh": node.mesh,
+            "temp_dir": str(node.temp_dir),
+            "local_devices": node.local_devices,
+            "lease_devices": node.lease_devices,
+            "state": state.value,
+            "node_id": node.node_id,
+            "gcs_address": node.gcs_address,
+            "dashboard_url": node.dashboard_url,
+        }
+        path = self._lease_dir(node.lease_id) / RECORD_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
 
     def _report_members(self, node: LeaseNode, state: MemberState, reason: str = "") -> None:
         for device in node.local_devices:

@@ -49,9 +49,14 @@ class Scratch:
         return cls(Path(env[DIR_ENV]), Path(env[KEY_ENV]))
 
     @classmethod
+    def at(cls, lease_dir: Path) -> Scratch:
+        """The scratch of a lease whose folder is `lease_dir` (existing or not)."""
+        return cls(lease_dir / "scratch", lease_dir / "scratch.key")
+
+    @classmethod
     def create(cls, lease_dir: Path) -> Scratch:
         """A fresh scratch folder and key for a lease (the agent, at bring-up)."""
-        scratch = cls(lease_dir / "scratch", lease_dir / "scratch.key")
+        scratch = cls.at(lease_dir)
         scratch.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(scratch.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:

@@ -148,10 +148,13 @@ def create(
             cluster = wait_for_state(gp, cluster.id, ("ready",), timeout, json_out)
             if cluster.state != "ready":
                 raise CliError(f"{cluster.id} is {cluster.state}: {cluster.reason}")
+        ray = gp.cluster_ray(cluster.id) if wait and not json_out else None
     if json_out:
         print_json(cluster)
     else:
         show_cluster(cluster)
+        if ray is not None:
+            show_ray(ray)
 
 
 @app.command("list")

@@ -10,6 +10,7 @@ custom resource `device:<device id>` of 1 per device, so work can be placed on o
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -91,3 +92,27 @@ def missing_devices(nodes: Iterable[SeenNode], device_ids: Iterable[str]) -> lis
     """The lease devices that no alive node offers yet: empty when every member joined."""
     nodes = list(nodes)
     return [d for d in device_ids if node_of_device(nodes, d) is None]
+
+
+def check_head_addresses(
+    address: str, gcs_address: str | None, dashboard_url: str | None
+) -> str | None:
+    """Why a head's reported addresses are refused, or None. The coordinator proxies renters'
+    job requests to the dashboard URL, so an agent may only name its own node: an IP literal
+    equal to the address it binds to, never a link-local (cloud metadata), multicast or
+    unspecified one, on an explicit port."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"the node address {address!r} is not an IP address"
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        return f"the node address {address} cannot be used"
+    for what, value, scheme in (("GCS", gcs_address, ""), ("dashboard", dashboard_url, "http://")):
+        if value is None:
+            continue
+        host, sep, port = value.removeprefix(scheme).rpartition(":")
+        if not value.startswith(scheme) or not sep or host != address or not port.isdigit():
+            return f"the {what} address must be {scheme}{address}:<port>, not {value!r}"
+        if not 0 < int(port) < 65536:
+            return f"the {what} port {port} is out of range"
+    return None

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpupool.domain.errors import Conflict, NotFound
+from gpupool.domain.errors import Conflict, InvalidRequest, NotFound
 from gpupool.domain.leases import ACTIVE_STATES, Lease
 from gpupool.domain.models import Account
-from gpupool.domain.ray import RayNodeState, RayRole
+from gpupool.domain.ray import RayNodeState, RayRole, check_head_addresses
 from gpupool.services.market import own_cluster
 from gpupool.services.ports import Clock, Database, RayNodeRecord, Transaction
 
@@ -49,6 +49,9 @@ class RayClusters:
     # agents -------------------------------------------------------------------------------
 
     def report(self, worker_id: str, lease_id: str, report: RayReport) -> None:
+        refused = check_head_addresses(report.address, report.gcs_address, report.dashboard_url)
+        if refused:
+            raise InvalidRequest(refused)
         with self._db.transaction() as tx:
             lease = _member_lease(tx, worker_id, lease_id)
             if lease.state not in ACTIVE_STATES and report.state not in (
