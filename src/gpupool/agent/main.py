@@ -18,7 +18,8 @@ from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.prover import Prover
-from gpupool.agent.raynode import RayNodes, ordinary_bind_address
+from gpupool.agent.raycmd import ordinary_bind_address
+from gpupool.agent.raynode import RayNodes
 from gpupool.agent.recorder import ChainStore, Recorder
 from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.settings import AgentSettings

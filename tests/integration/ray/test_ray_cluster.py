@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.raynode import temp_dir_for
+from gpupool.agent.raycmd import temp_dir_for
 from gpupool.agent.scratch import Scratch, ScratchError
 from gpupool.client import ApiError, Client
 from gpupool.wire.models import ClusterOut

@@ -1,0 +1,164 @@
+"""How the agent starts and observes one Ray node: the address it binds to, its temp dir,
+its `ray start` command line, the head's node list, and the processes a lease's Ray leaves
+behind. `agent/raynode.py` runs the node's life with these (docs/ray.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from gpupool.domain.ray import (
+    MIN_OBJECT_STORE_BYTES,
+    LocalDevice,
+    RayRole,
+    SeenNode,
+    node_resources,
+)
+
+WORKER_PORTS = 64  # ports for Ray worker processes, per node
+# AF_UNIX paths stop at 107 bytes; Ray puts sockets at <temp>/session_<stamp>_<pid>/sockets/...
+MAX_TEMP_DIR_CHARS = 40
+
+
+def ordinary_address(coordinator_url: str) -> str:
+    """The local address of this machine's route towards the coordinator (no packet is sent)."""
+    parts = urlsplit(coordinator_url)
+    host = parts.hostname or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host), parts.port or 80))
+        address: str = s.getsockname()[0]
+    return address
+
+
+def ordinary_bind_address(coordinator_url: str) -> Callable[[str], tuple[str, bool]]:
+    """The seam for the mesh: `lease_id -> (address, on the mesh?)`, the address the lease's
+    Ray binds to. Without a mesh, every lease binds to the worker's ordinary address. With
+    one, replace this by a function that answers the lease's overlay IPv4 and True."""
+
+    def bind(_lease_id: str) -> tuple[str, bool]:
+        return ordinary_address(coordinator_url), False
+
+    return bind
+
+
+def temp_dir_for(state_dir: Path, worker_id: str, lease_id: str) -> Path:
+    """The Ray temp dir of a lease's node: under the agent's state folder when that path is
+    short enough for Ray's Unix sockets, else a name in the system's temp folder."""
+    local = state_dir / "ray" / lease_id
+    if len(str(local)) <= MAX_TEMP_DIR_CHARS:
+        return local
+    digest = hashlib.sha256(f"{worker_id}/{lease_id}".encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"gpr-{digest}"
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def start_argv(
+    role: RayRole,
+    address: str,
+    temp_dir: Path,
+    devices: Sequence[LocalDevice],
+    object_store_bytes: int,
+    head_gcs: str | None = None,
+) -> tuple[list[str], dict[str, int]]:
+    """The `ray start` command line of one node, and the ports it takes."""
+    res = node_resources(devices)
+    ports = {
+        "node-manager-port": _free_port(address),
+        "object-manager-port": _free_port(address),
+        "dashboard-agent-listen-port": _free_port(address),
+        "dashboard-agent-grpc-port": _free_port(address),
+        "metrics-export-port": _free_port(address),
+        "runtime-env-agent-port": _free_port(address),
+    }
+    first_worker_port = 20000 + secrets.randbelow(40000 - WORKER_PORTS)
+    argv = [
+        ray_executable(),
+        "start",
+        f"--node-ip-address={address}",
+        f"--temp-dir={temp_dir}",
+        f"--num-cpus={res.num_cpus}",
+        f"--num-gpus={res.num_gpus}",
+        f"--resources={json.dumps(res.custom, sort_keys=True)}",
+        f"--object-store-memory={max(object_store_bytes, MIN_OBJECT_STORE_BYTES)}",
+        f"--min-worker-port={first_worker_port}",
+        f"--max-worker-port={first_worker_port + WORKER_PORTS - 1}",
+        "--disable-usage-stats",
+    ]
+    if role is RayRole.HEAD:
+        ports["port"] = _free_port(address)
+        ports["dashboard-port"] = _free_port(address)
+        ports["ray-client-server-port"] = _free_port(address)
+        argv += ["--head", "--include-dashboard=true", f"--dashboard-host={address}"]
+    else:
+        assert head_gcs is not None
+        argv += [f"--address={head_gcs}"]
+    argv += [f"--{name}={port}" for name, port in sorted(ports.items())]
+    return argv, ports
+
+
+def list_nodes(dashboard_url: str, timeout: float = 5.0) -> list[SeenNode]:
+    """The head's node list, through the dashboard's state API."""
+    answer = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 10000}, timeout=timeout)
+    answer.raise_for_status()
+    rows = answer.json()["data"]["result"]["result"]
+    return [
+        SeenNode(
+            node_id=str(row["node_id"]),
+            alive=row.get("state") == "ALIVE",
+            resources=frozenset(row.get("resources_total") or {}),
+        )
+        for row in rows
+    ]
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def kill_processes_using(temp_dir: Path, environ_marker: str | None = None) -> list[int]:
+    """Kill every process whose command line names `temp_dir` or whose environment holds
+    `environ_marker`: a lease's Ray processes that left its process group (Ray's workers
+    start their own sessions), where the sandbox is a process group and not a cgroup."""
+    needles = [str(temp_dir).encode()]
+    marker = environ_marker.encode() if environ_marker else None
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes() if marker else b""
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles) or (marker and marker in environ.split(b"\0")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
