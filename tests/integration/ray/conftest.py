@@ -52,6 +52,7 @@ class RayNet:
     admin_key: str = field(repr=False)
     agent_url: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    supplier_keys: dict[str, str] = field(default_factory=dict, repr=False)
 
     def admin(self) -> Client:
         return Client(self.url, self.admin_key)
@@ -86,6 +87,43 @@ class RayNet:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         )
         log.close()
+
+    def start_agent(self, name: str) -> None:
+        """Start (or restart) the agent of host `name`; its region is its host name."""
+        self.spawn(
+            f"agent-{name}",
+            name,
+            [
+                "agent",
+                "run",
+                "--coordinator",
+                self.agent_url,
+                "--region",
+                name,
+                "--state-dir",
+                str(self.agent_dir(name)),
+                "--cpu-group-size",
+                "2",
+                "--heartbeat-seconds",
+                "1",
+                "--bandwidth-interval",
+                "0",
+                "--guard-allow-cgroup",
+                "/gpupool-",
+                "--teardown-on-exit",
+            ],
+            {"GPUPOOL_KEY": self.supplier_keys[name]},
+        )
+
+    def kill_agent(self, name: str) -> None:
+        """A crash: the agent dies at once, its leases' processes live on."""
+        proc = self.procs.pop(f"agent-{name}")
+        proc.kill()
+        proc.wait()
+
+    def host_of(self, worker_id: str) -> str:
+        with self.admin() as admin:
+            return next(w.region for w in admin.workers() if w.id == worker_id)
 
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "coordinator"] + ["coordinator"]:
@@ -140,29 +178,9 @@ def raynet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNet]:
             with rn.admin() as admin:
                 wait_for("the coordinator", lambda: admin.health() or None, 60)
                 keys = [admin.create_account("supplier", f"s-{h}").api_key for h in AGENTS]
-            for name, key in zip(AGENTS, keys, strict=True):
-                rn.spawn(
-                    f"agent-{name}",
-                    name,
-                    [
-                        "agent",
-                        "run",
-                        "--coordinator",
-                        rn.agent_url,
-                        "--state-dir",
-                        str(rn.agent_dir(name)),
-                        "--cpu-group-size",
-                        "2",
-                        "--heartbeat-seconds",
-                        "1",
-                        "--bandwidth-interval",
-                        "0",
-                        "--guard-allow-cgroup",
-                        "/gpupool-",
-                        "--teardown-on-exit",
-                    ],
-                    {"GPUPOOL_KEY": key},
-                )
+            rn.supplier_keys = dict(zip(AGENTS, keys, strict=True))
+            for name in AGENTS:
+                rn.start_agent(name)
 
             def all_up() -> bool | None:
                 with rn.admin() as admin:

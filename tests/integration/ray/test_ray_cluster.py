@@ -203,3 +203,33 @@ def test_a_dead_member_degrades_the_cluster_and_a_dead_head_fails_it(raynet: Ray
     assert "the Ray head died" in failed.reason
 
     eventually(lambda: _lease_leftovers(raynet, cluster) == [], 30, "the lease's Ray to be gone")
+
+
+def test_a_restarted_agent_takes_its_ray_node_back_and_still_reports_its_death(
+    raynet: RayNet,
+) -> None:
+    renter = raynet.renter("restarts")
+    cluster = _book(renter)
+    worker = next(n for n in renter.cluster_ray(cluster.id).nodes if n.role == "worker")
+    host = raynet.host_of(worker.worker_id)
+    raylet = _ray_pid(raynet, worker.worker_id, cluster.lease_id, "raylet")
+
+    raynet.kill_agent(host)  # a crash: the lease's Ray runs on without its agent
+    raynet.start_agent(host)
+    eventually(
+        lambda: any(
+            "event=lease_adopted" in line
+            for line in (raynet.state_dir / f"agent-{host}.log").read_text().splitlines()[-200:]
+        ),
+        30,
+        "the restarted agent to adopt the lease",
+    )
+    assert _ray_pid(raynet, worker.worker_id, cluster.lease_id, "raylet") == raylet
+    assert renter.cluster(cluster.id).state == "ready"
+
+    os.kill(raylet, signal.SIGKILL)  # watched again after the restart
+    degraded = wait_state(renter, cluster.id, "degraded", timeout=30)
+    assert any("Ray worker node died" in m.reason for m in degraded.members)
+    renter.terminate(cluster.id)
+    wait_state(renter, cluster.id, "ended", timeout=60)
+    eventually(lambda: _lease_leftovers(raynet, cluster) == [], 30, "the lease's Ray to be gone")
