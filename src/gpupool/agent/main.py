@@ -18,7 +18,7 @@ from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.prover import Prover
-from gpupool.agent.raycmd import ordinary_bind_address
+from gpupool.agent.raycmd import ordinary_address
 from gpupool.agent.raynode import RayNodes
 from gpupool.agent.recorder import ChainStore, Recorder
 from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
@@ -79,7 +79,7 @@ def run_agent(settings: AgentSettings) -> None:
                 settings.state_dir,
                 devices,
                 identity.worker_id,
-                ordinary_bind_address(settings.coordinator_url),
+                lambda: ordinary_address(settings.coordinator_url),
                 settings.ray_object_store_bytes,
             )
         recorder = Recorder(

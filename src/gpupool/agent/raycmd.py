@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,17 +41,6 @@ def ordinary_address(coordinator_url: str) -> str:
         s.connect((socket.gethostbyname(host), parts.port or 80))
         address: str = s.getsockname()[0]
     return address
-
-
-def ordinary_bind_address(coordinator_url: str) -> Callable[[str], tuple[str, bool]]:
-    """The seam for the mesh: `lease_id -> (address, on the mesh?)`, the address the lease's
-    Ray binds to. Without a mesh, every lease binds to the worker's ordinary address. With
-    one, replace this by a function that answers the lease's overlay IPv4 and True."""
-
-    def bind(_lease_id: str) -> tuple[str, bool]:
-        return ordinary_address(coordinator_url), False
-
-    return bind
 
 
 def temp_dir_for(state_dir: Path, worker_id: str, lease_id: str) -> Path:

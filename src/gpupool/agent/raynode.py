@@ -9,10 +9,10 @@ alive (the head: once it shows every device of the lease); only then does the ag
 its members ready, so a ready lease is a joined Ray cluster, checked rather than assumed.
 Afterwards a monitor watches the node's own processes and reports a member whose Ray died.
 
-`bind_address` (default: `raycmd.ordinary_bind_address`) is the seam for the mesh: the
-address this lease's Ray binds to. It is the lease's overlay address when a mesh is up, else
-the worker's ordinary address (the one its route to the coordinator leaves from); the node
-reports which one it uses. See docs/ray.md.
+`overlay_address` is the seam for the mesh: `lease_id -> this worker's overlay IPv4 in the
+lease's mesh, or None` (the mesh not up, or off). A node binds to that address, waiting up to
+MESH_WAIT_SECONDS for it, else to the worker's ordinary address (the one its route to the
+coordinator leaves from), and reports which one it uses. See docs/ray.md.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ START_TIMEOUT = 90.0
 JOIN_TIMEOUT = 240.0
 POLL_SECONDS = 0.25
 MONITOR_SECONDS = 1.0
+MESH_WAIT_SECONDS = 20.0
 RECORD_FILE = "ray.json"
 # Secrets of the agent never reach a lease's processes.
 _HIDDEN_ENV = ("GPUPOOL_KEY", "GPUPOOL_ADMIN_KEY")
@@ -105,14 +106,16 @@ class RayNodes:
         state_dir: Path,
         devices: Sequence[DeviceSpec],
         worker_id: str,
-        bind_address: Callable[[str], tuple[str, bool]],
+        ordinary_address: Callable[[], str],
         object_store_bytes: int = MIN_OBJECT_STORE_BYTES,
     ) -> None:
         self.link = link
         self.state_dir = state_dir
         self.devices = {f"{worker_id}:{d.local_name}": d for d in devices}
         self.worker_id = worker_id
-        self.bind_address = bind_address
+        self.ordinary_address = ordinary_address
+        # lease -> overlay IPv4 or None; None here: no mesh on this agent (see the docstring)
+        self.overlay_address: Callable[[str], str | None] | None = None
         self.object_store_bytes = object_store_bytes
         self.nodes: dict[str, LeaseNode] = {}
         self._lock = threading.Lock()
@@ -129,13 +132,12 @@ class RayNodes:
             if a.lease_id in self.nodes:
                 return
             head_worker = next(m.worker_id for m in a.members if m.device_id == a.head_device_id)
-            address, mesh = self.bind_address(a.lease_id)
             lease_dir = self._lease_dir(a.lease_id)
             node = LeaseNode(
                 lease_id=a.lease_id,
                 role=role_of(self.worker_id, head_worker),
-                address=address,
-                mesh=mesh,
+                address="",  # chosen by the node's thread: the mesh may take a moment
+                mesh=False,
                 temp_dir=temp_dir_for(self.state_dir, self.worker_id, a.lease_id),
                 scratch=Scratch.create(lease_dir),
                 local_devices=list(a.local_devices),
@@ -223,8 +225,23 @@ class RayNodes:
             if node.stop.is_set():  # the lease ended while this thread still worked
                 shutil.rmtree(node.temp_dir, ignore_errors=True)
 
+    def _bind_address(self, node: LeaseNode) -> tuple[str, bool]:
+        """The lease's overlay address once its mesh is up, else the ordinary address."""
+        if self.overlay_address is not None:
+            deadline = time.monotonic() + MESH_WAIT_SECONDS
+            while not node.stop.is_set():
+                overlay = self.overlay_address(node.lease_id)
+                if overlay:
+                    return overlay, True
+                if time.monotonic() > deadline:
+                    log.warning("event=ray_without_mesh lease=%s", node.lease_id)
+                    break
+                node.stop.wait(POLL_SECONDS)
+        return self.ordinary_address(), False
+
     def _bring_up(self, node: LeaseNode) -> None:
         started = time.monotonic()
+        node.address, node.mesh = self._bind_address(node)
         self._report(node, RayNodeState.STARTING)
         head_gcs = None
         if node.role is RayRole.WORKER:
@@ -351,6 +368,8 @@ class RayNodes:
         self._report_members(node, MemberState.FAILED, reason)
 
     def _report(self, node: LeaseNode, state: RayNodeState, reason: str = "") -> None:
+        if not node.address:
+            return  # failed before it had an address: the members' reports say why
         if state is not RayNodeState.STOPPED:
             self._save(node, state)
         self.link.ray_report(
