@@ -29,6 +29,7 @@ from gpupool.domain.ray import (
 )
 
 WORKER_PORTS = 64  # ports for Ray worker processes, per node
+WORKER_PORTS_FROM, WORKER_PORTS_TO = 10000, 32768 - WORKER_PORTS
 # AF_UNIX paths stop at 107 bytes; Ray puts sockets at <temp>/session_<stamp>_<pid>/sockets/...
 MAX_TEMP_DIR_CHARS = 40
 
@@ -83,7 +84,9 @@ def start_argv(
         "metrics-export-port": _free_port(address),
         "runtime-env-agent-port": _free_port(address),
     }
-    first_worker_port = 20000 + secrets.randbelow(40000 - WORKER_PORTS)
+    # Below Linux's ephemeral range (32768 and up), where the free ports above come from: the
+    # two never overlap (Ray refuses a port used twice).
+    first_worker_port = WORKER_PORTS_FROM + secrets.randbelow(WORKER_PORTS_TO - WORKER_PORTS_FROM)
     argv = [
         ray_executable(),
         "start",

@@ -34,6 +34,9 @@ def test_head_and_worker_command_lines_carry_resources_ports_and_limits(tmp_path
     assert opts["temp-dir"] == str(tmp_path)
     assert int(opts["port"]) == ports["port"] and "dashboard-port" in ports
     assert len(set(ports.values())) == len(ports)
+    workers = range(int(opts["min-worker-port"]), int(opts["max-worker-port"]) + 1)
+    assert len(workers) == 64 and not set(ports.values()) & set(workers)
+    assert workers.stop <= 32768  # below the ephemeral range the other ports come from
     worker, _ = start_argv(RayRole.WORKER, "127.0.0.1", tmp_path, devices, 200 << 20, "h:1")
     assert "--head" not in worker and _options(worker)["address"] == "h:1"
     assert "dashboard-port" not in _options(worker)
