@@ -54,11 +54,15 @@ def temp_dir_for(state_dir: Path, worker_id: str, lease_id: str) -> Path:
     return Path(tempfile.gettempdir()) / f"gpr-{digest}"
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
+def _free_ports(address: str, count: int) -> list[int]:
+    """`count` distinct ports free on `address` now (all held open while choosing)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket())
+            s.bind((address, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def ray_executable() -> str:
@@ -76,14 +80,17 @@ def start_argv(
 ) -> tuple[list[str], dict[str, int]]:
     """The `ray start` command line of one node, and the ports it takes."""
     res = node_resources(devices)
-    ports = {
-        "node-manager-port": _free_port(address),
-        "object-manager-port": _free_port(address),
-        "dashboard-agent-listen-port": _free_port(address),
-        "dashboard-agent-grpc-port": _free_port(address),
-        "metrics-export-port": _free_port(address),
-        "runtime-env-agent-port": _free_port(address),
-    }
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    ]
+    if role is RayRole.HEAD:
+        names += ["port", "dashboard-port", "ray-client-server-port"]
+    ports = dict(zip(names, _free_ports(address, len(names)), strict=True))
     # Below Linux's ephemeral range (32768 and up), where the free ports above come from: the
     # two never overlap (Ray refuses a port used twice).
     first_worker_port = WORKER_PORTS_FROM + secrets.randbelow(WORKER_PORTS_TO - WORKER_PORTS_FROM)
@@ -101,9 +108,6 @@ def start_argv(
         "--disable-usage-stats",
     ]
     if role is RayRole.HEAD:
-        ports["port"] = _free_port(address)
-        ports["dashboard-port"] = _free_port(address)
-        ports["ray-client-server-port"] = _free_port(address)
         argv += ["--head", "--include-dashboard=true", f"--dashboard-host={address}"]
     else:
         assert head_gcs is not None
