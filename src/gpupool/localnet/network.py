@@ -81,6 +81,7 @@ class LocalNetwork:
     epoch_seconds: float = 10.0
     sample_interval: float = 1.0
     challenge_size: int = 512
+    ray: bool = True  # agents start Ray for every lease (docs/ray.md)
     db_url: str | None = None
     python: str = sys.executable
     admin_key: str = field(default_factory=lambda: new_api_key("admin"), repr=False)
@@ -178,6 +179,8 @@ class LocalNetwork:
         args += ["--guard-allow-cgroup", "/gpupool-"]
         if teardown_on_exit:
             args.append("--teardown-on-exit")
+        if not self.ray:
+            args.append("--no-ray")
         self._agents[index] = self._spawn(
             f"agent-{index + 1}", args, env={"GPUPOOL_KEY": self.supplier_keys[index]}
         )
