@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from gpupool.crypto.wgkeys import KeyPair
 from gpupool.domain.mesh import DIRECT_PREFIX, OVERLAY_NETWORK, PeerMap
 
 KEY_FILE = "wireguard.key"
@@ -61,31 +61,6 @@ class WireGuardError(Exception):
 
 
 # -- keys -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    private_key: str  # base64, as wg(8) takes it
-    public_key: str
-
-    @classmethod
-    def generate(cls) -> KeyPair:
-        return cls.from_private(X25519PrivateKey.generate())
-
-    @classmethod
-    def from_private(cls, key: X25519PrivateKey) -> KeyPair:
-        raw = key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return cls(base64.b64encode(raw).decode(), base64.b64encode(public).decode())
-
-    def __repr__(self) -> str:  # never print the private key
-        return f"KeyPair(public_key={self.public_key!r})"
 
 
 def load_or_create_key(state_dir: Path) -> KeyPair:

@@ -20,6 +20,7 @@ from gpupool.domain.leases import (
     Member,
     MemberState,
 )
+from gpupool.domain.mesh import ApartFromOpenLeases
 from gpupool.domain.models import (
     Account,
     BookingRequest,
@@ -76,7 +77,8 @@ class Market:
     def _try_book(self, renter: Account, request: BookingRequest) -> ClusterView:
         now = self._clock.now()
         with self._db.transaction() as tx:
-            placed = self._placement.place(request, tx.workers.devices())
+            placement = ApartFromOpenLeases(self._placement, _open_lease_workers(tx))
+            placed = placement.place(request, tx.workers.devices())
             if isinstance(placed, Shortfall):
                 raise InsufficientCapacity(
                     "too few devices match this booking: " + placed.describe(),
@@ -267,6 +269,12 @@ def _locked_lease(tx: Transaction, cluster_id: str) -> Lease:
     lease = tx.leases.lease_for_update(tx.leases.lease_of_cluster(cluster_id).id)
     assert lease is not None
     return lease
+
+
+def _open_lease_workers(tx: Transaction) -> list[frozenset[str]]:
+    """The workers of each lease whose mesh interfaces may still be up (docs/mesh.md)."""
+    open_leases = tx.leases.leases_in(ACTIVE_STATES | {LeaseState.ENDING})
+    return [frozenset(_worker_ids(tx, lease.id)) for lease in open_leases]
 
 
 def _worker_ids(tx: Transaction, lease_id: str) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
+from gpupool.domain.mesh import PathState
 from gpupool.domain.models import (
     Account,
     Cluster,
@@ -234,6 +235,47 @@ class ProofRepo(Protocol):
     def passed_flops(self, model: str, limit: int = 50) -> list[float]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class MeshNode:
+    """An overlay address with the WireGuard key that owns it (a worker or a renter's
+    client of one cluster)."""
+
+    id: str
+    kind: str  # worker | client
+    address: str
+    public_key: str
+    cluster_id: str | None = None
+
+
+class MeshRepo(Protocol):
+    def node(self, node_id: str) -> MeshNode | None: ...
+    def nodes(self, node_ids: Collection[str]) -> list[MeshNode]: ...
+    def node_with_key(self, public_key: str) -> MeshNode | None: ...
+    def addresses(self) -> list[str]:
+        """Every overlay address ever allocated."""
+        ...
+
+    def add_node(self, node: MeshNode, at: float) -> bool:
+        """Insert; False when the address or key is taken meanwhile (nothing changes)."""
+        ...
+
+    def set_key(self, node_id: str, public_key: str, at: float) -> None: ...
+    def endpoints(self, lease_id: str) -> dict[str, str]: ...
+    def set_endpoint(self, lease_id: str, worker_id: str, endpoint: str, at: float) -> None: ...
+    def set_probes(
+        self, lease_id: str, prober: str, rtts: dict[str, float | None], at: float
+    ) -> None: ...
+    def probes(self, lease_id: str, since: float) -> dict[tuple[str, str], float | None]: ...
+    def paths(self, lease_id: str) -> dict[tuple[str, str], PathState]: ...
+    def save_paths(self, lease_id: str, states: dict[tuple[str, str], PathState]) -> None: ...
+    def lock_round(self, lease_id: str) -> float:
+        """Lock the lease's relay round until the transaction ends; when it last ran (0:
+        never)."""
+        ...
+
+    def set_round(self, lease_id: str, at: float) -> None: ...
+
+
 class Transaction(Protocol):
     @property
     def accounts(self) -> AccountRepo: ...
@@ -245,6 +287,8 @@ class Transaction(Protocol):
     def nonces(self) -> NonceRepo: ...
     @property
     def proofs(self) -> ProofRepo: ...
+    @property
+    def mesh(self) -> MeshRepo: ...
 
 
 class Database(Protocol):

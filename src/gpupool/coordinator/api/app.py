@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 import gpupool
 from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, workers
+from gpupool.coordinator.api import mesh as mesh_api
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -28,6 +29,7 @@ from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth
 from gpupool.services.challenges import Challenges
 from gpupool.services.market import Market
+from gpupool.services.mesh import Mesh
 from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.registry import Registry
 from gpupool.services.timelock import TimeLock
@@ -123,9 +125,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = svc
+    app.state.mesh = Mesh(db, clock or SystemClock())
     errors.install(app)
     for module in (accounts, agents, bandwidth, clusters, workers):
         app.include_router(module.router)
+    app.include_router(mesh_api.agent_router)
+    app.include_router(mesh_api.renter_router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:
