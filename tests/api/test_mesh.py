@@ -27,11 +27,8 @@ def _map(agent: AgentSim, lease_id: str, version: str = "", wait: float = 0) -> 
 
 
 def _endpoint(agent: AgentSim, lease_id: str, endpoint: str) -> None:
-    agent.link._send(
-        "PUT",
-        f"/v1/agent/mesh/leases/{lease_id}/endpoint",
-        f'{{"endpoint": "{endpoint}"}}'.encode(),
-    )
+    path = f"/v1/agent/mesh/leases/{lease_id}/endpoint"
+    assert agent.link.call("PUT", path, {"endpoint": endpoint}) == {"endpoint": endpoint}
 
 
 def _probes(agent: AgentSim, lease_id: str, rtts: dict[str, float | None]) -> bool:

@@ -16,6 +16,7 @@ import gpupool
 from gpupool.agent.bandwidth import BandwidthMeter
 from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.mesh import MeshManager
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.prover import Prover
 from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
@@ -49,6 +50,7 @@ class Agent:
         challenger: Challenger | None = None,
         netprobe: NetProbe | None = None,
         bandwidth: BandwidthMeter | None = None,
+        mesh: MeshManager | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -60,6 +62,7 @@ class Agent:
         self.challenger = challenger
         self.netprobe = netprobe
         self.bandwidth = bandwidth
+        self.mesh = mesh
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -91,6 +94,13 @@ class Agent:
             log.warning("event=stray_sandbox_removed sandbox=%s", stray.path)
             stray.destroy()
         self.state.save()
+        if self.mesh is not None:
+            self.mesh.adopt(set(self.state.leases))
+
+    def overlay_address(self, lease_id: str) -> str | None:
+        """This worker's overlay IPv4 in the lease's mesh (bind lease services there), or
+        None where the mesh is off or not up yet (use the ordinary addresses then)."""
+        return self.mesh.overlay_address(lease_id) if self.mesh is not None else None
 
     def registration(self) -> w.WorkerRegister:
         s = self.settings
@@ -183,6 +193,8 @@ class Agent:
                 loop.join(timeout=1)
             if self.settings.teardown_on_exit:
                 self.teardown_all()
+            if self.mesh is not None:
+                self.mesh.close()
 
     def _poll_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -216,6 +228,8 @@ class Agent:
                     self._bring_up(assignment)
                 else:
                     self._report_ready(assignment)
+            if self.mesh is not None:
+                self.mesh.sync(set(self.running))
 
     def _bring_up(self, a: w.AssignmentOut) -> None:
         log.info("event=lease_start lease=%s devices=%s", a.lease_id, ",".join(a.local_devices))
@@ -295,4 +309,6 @@ class Agent:
         with self._lock:
             for lease_id in list(self.running):
                 self._tear_down(lease_id)
+            if self.mesh is not None:
+                self.mesh.sync(set(self.running))
             self._flush_releases()

@@ -15,6 +15,7 @@ from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
 from gpupool.agent.guard import Guard
 from gpupool.agent.link import CoordinatorLink
+from gpupool.agent.mesh import MeshManager
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.prover import Prover
@@ -68,6 +69,17 @@ def run_agent(settings: AgentSettings) -> None:
             bandwidth=(
                 BandwidthMeter(link, settings.bandwidth_seconds)
                 if settings.bandwidth_seconds
+                else None
+            ),
+            mesh=(
+                MeshManager(
+                    link,
+                    identity.worker_id,
+                    settings.state_dir,
+                    settings.coordinator_url,
+                    settings.mesh_advertise,
+                )
+                if settings.mesh
                 else None
             ),
         )

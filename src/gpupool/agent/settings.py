@@ -37,3 +37,8 @@ class AgentSettings:
     # Measure bandwidth against the coordinator at start and then this often (None: never).
     bandwidth_seconds: float | None = 6 * 3600.0
     guard_allow_cgroups: tuple[str, ...] = ()
+    # The encrypted mesh: join each lease's WireGuard mesh (off, or on without root or the
+    # WireGuard tools, leases run without it), and the address peers reach this machine at
+    # (None: the local address used to reach the coordinator).
+    mesh: bool = True
+    mesh_advertise: str | None = None

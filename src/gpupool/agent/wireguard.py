@@ -191,10 +191,15 @@ def remove_interface(name: str, netns: str | None = None) -> None:
     _forward_rule(netns, name, present=False)
 
 
-def leftover_interfaces(netns: str | None = None) -> list[str]:
-    """gpupool interfaces that exist now: wireguard-go sockets anywhere on the machine and
-    links in `netns`, so a restarted agent can re-adopt or remove them."""
-    names = {p.name.removesuffix(".sock") for p in SOCKET_DIR.glob(INTERFACE_PREFIX + "*.sock")}
+def leftover_interfaces(netns: str | None = None, *, sockets: bool = True) -> list[str]:
+    """gpupool interfaces that exist now: wireguard-go sockets anywhere on the machine
+    (unless `sockets` is False) and links in `netns`, so a restarted agent can re-adopt or
+    remove them."""
+    names = (
+        {p.name.removesuffix(".sock") for p in SOCKET_DIR.glob(INTERFACE_PREFIX + "*.sock")}
+        if sockets
+        else set()
+    )
     links = json.loads(_run(netns, "ip", "-j", "link", "show", check=False) or "[]")
     names |= {str(link["ifname"]) for link in links if link["ifname"].startswith(INTERFACE_PREFIX)}
     return sorted(names)

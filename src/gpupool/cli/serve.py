@@ -183,6 +183,20 @@ def agent_run(
             help="Seconds between bandwidth measurements against the coordinator (0: never).",
         ),
     ] = 6 * 3600.0,
+    mesh: Annotated[
+        bool,
+        typer.Option(
+            "--mesh/--no-mesh",
+            help="Join each lease's WireGuard mesh (needs root and wireguard-tools).",
+        ),
+    ] = True,
+    mesh_advertise: Annotated[
+        str | None,
+        typer.Option(
+            help="Address mesh peers reach this machine at (default: the one used "
+            "to reach the coordinator)."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -222,6 +236,8 @@ def agent_run(
         probe_port=None if no_probe else probe_port,
         probe_advertise=probe_advertise,
         bandwidth_seconds=bandwidth_interval or None,
+        mesh=mesh,
+        mesh_advertise=mesh_advertise,
     )
     try:
         run_agent(settings)

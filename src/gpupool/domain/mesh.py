@@ -195,7 +195,8 @@ def peer_maps(
 # -- relays ---------------------------------------------------------------------------------
 
 FAILS_TO_RELAY = 2  # consecutive failed direct probes before a pair takes a relay
-RELAY_FACTOR = 0.5  # a relay path faster than half the direct RTT is taken at once
+RELAY_FACTOR = 0.5  # a relay path faster than half the direct RTT is taken at once...
+RELAY_MIN_GAIN_MS = 10.0  # ...when that saves at least this much: sub-ms RTTs are noise
 GOOD_TO_DIRECT = 5  # consecutive good direct probes before a relayed pair goes back
 
 # (prober, target) -> RTT in ms of the prober's latest direct probe of target; None = lost
@@ -221,13 +222,21 @@ def decide_path(state: PathState, seen: PathObservation) -> PathState:
     """One probe round for one pair.
 
     Direct -> relay after FAILS_TO_RELAY failed direct probes in a row, or at once when the
-    best relay is under RELAY_FACTOR of the direct RTT. Relay -> direct after GOOD_TO_DIRECT
-    good direct probes in a row, so a flapping path does not flap the routes. A relay that
+    best relay is under RELAY_FACTOR of the direct RTT and RELAY_MIN_GAIN_MS faster (on a
+    LAN, RTTs under a millisecond halve and double by scheduling noise alone). Relay ->
+    direct after GOOD_TO_DIRECT good direct probes in a row, so a flapping path does not
+    flap the routes. A relay that
     stops answering is left at once, for the best other relay or else for direct.
     """
     ok = seen.direct_rtt_ms is not None
     best = min(seen.relay_rtt_ms.items(), key=lambda kv: (kv[1], kv[0]), default=None)
-    faster = ok and best is not None and best[1] < (seen.direct_rtt_ms or 0.0) * RELAY_FACTOR
+    direct = seen.direct_rtt_ms or 0.0
+    faster = (
+        ok
+        and best is not None
+        and best[1] < direct * RELAY_FACTOR
+        and direct - best[1] >= RELAY_MIN_GAIN_MS
+    )
     good = ok and not faster
     now = replace(
         state,

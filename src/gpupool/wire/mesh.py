@@ -25,6 +25,10 @@ class MeshEndpointIn(Request):
     endpoint: Endpoint = Field(description='Where this lease\'s interface listens: "host:port".')
 
 
+class MeshEndpointOut(Response):
+    endpoint: str
+
+
 class MeshProbesIn(Request):
     rtt_ms: dict[WorkerId, Annotated[float, Field(ge=0, le=60_000)] | None] = Field(
         max_length=4096, description="Peer worker id -> direct RTT in ms; null: lost."

@@ -59,11 +59,13 @@ async def register_key(body: wm.MeshKeyIn, worker_id: WorkerDep, mesh: MeshDep) 
     return wm.MeshKeyOut(address=address)
 
 
-@agent_router.put("/leases/{lease_id}/endpoint", status_code=204)
+@agent_router.put("/leases/{lease_id}/endpoint")
 async def set_endpoint(
     lease_id: str, body: wm.MeshEndpointIn, worker_id: WorkerDep, mesh: MeshDep
-) -> None:
+) -> wm.MeshEndpointOut:
+    """Where the worker's interface for this lease listens (its peers' endpoint for it)."""
     await run_in_threadpool(mesh.set_endpoint, worker_id, lease_id, body.endpoint)
+    return wm.MeshEndpointOut(endpoint=body.endpoint)
 
 
 @agent_router.post("/leases/{lease_id}/probes")
