@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,7 +43,8 @@ log = logging.getLogger("gpupool.agent.mesh")
 
 POLL_SECONDS = 20.0  # how long one long poll for the map waits on the coordinator
 RETRY_SECONDS = 1.0
-PROBE_SECONDS = 1.0  # probe rounds, and reports of them
+PROBE_SECONDS = 1.0  # between probe rounds
+REPORT_CHECK_SECONDS = 0.1  # how soon a finished round is reported
 INTERFACES_FILE = "mesh-interfaces.json"  # the interfaces this agent made, for restarts
 
 
@@ -146,7 +148,9 @@ class LeaseMesh:
                 if version != self.version:
                     self._apply(version, peer_map)
             except LinkError as exc:
-                if exc.status != 404:  # 404: the lease is over; the daemon removes us
+                if exc.status == 404:  # no member of this lease now: drop every peer at once
+                    self._isolate()  # (the daemon removes the interface with the lease)
+                else:
                     log.warning("event=mesh_poll_failed lease=%s reason=%s", self.lease_id, exc)
                 self._stop.wait(RETRY_SECONDS)
             except (WireGuardError, WireGuardUnavailable, OSError) as exc:
@@ -168,9 +172,19 @@ class LeaseMesh:
             peer_map.forwards,
         )
 
+    def _isolate(self) -> None:
+        with self._lock:
+            if self._removed or self.peer_map is None or not self.peer_map.peers:
+                return
+            empty = replace(self.peer_map, peers=(), forwards=False)
+            self.interface.apply(empty)
+            self.peer_map, self.version = empty, ""
+        self.prober.set_map(empty)
+        log.info("event=mesh_isolated lease=%s", self.lease_id)
+
     def _report_loop(self) -> None:
         sent_at = 0.0
-        while not self._stop.wait(PROBE_SECONDS / 2):
+        while not self._stop.wait(REPORT_CHECK_SECONDS):
             report = self.prober.latest()
             if report is None or report.at == sent_at or not report.rtt_ms:
                 continue

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from gpupool.wire import models as w
+from gpupool.wire.mesh import MeshMapOut
 
 
 class ApiError(Exception):
@@ -111,3 +112,12 @@ class Client:
     def proof_export(self, cluster_id: str) -> w.ProofExportOut:
         data = self._call("GET", f"/v1/clusters/{cluster_id}/proof/export")
         return w.ProofExportOut.model_validate(data)
+
+    # the mesh -----------------------------------------------------------------------------
+
+    def mesh_connect(self, cluster_id: str, public_key: str) -> MeshMapOut:
+        """Add this machine (its WireGuard public key) to the cluster's mesh."""
+        data = self._call(
+            "POST", f"/v1/clusters/{cluster_id}/mesh/connect", {"public_key": public_key}
+        )
+        return MeshMapOut.model_validate(data)

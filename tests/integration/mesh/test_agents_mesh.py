@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +34,14 @@ HOSTS = ["a", "b", "c", "d"]
 
 
 class World:
-    def __init__(self, net: TestNetwork, local: LocalNetwork, renter: Client) -> None:
+    def __init__(
+        self, net: TestNetwork, local: LocalNetwork, renter: Client, key: str, state: Path
+    ) -> None:
         self.net = net
         self.local = local
         self.renter = renter
+        self.key = key  # the renter's API key
+        self.state = state
         self.worker: dict[str, str] = {}  # host -> worker id
         self.cluster = ""
         self.lease = ""
@@ -79,7 +86,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(netns_usable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state = tmp_path_factory.mktemp("mesh-net")
-    with TestNetwork(["coord", *HOSTS]) as net:
+    with TestNetwork(["coord", *HOSTS, "renter"]) as net:
         coord = net.host("coord")
         forwarded = net.expose("coord", PORT)
         local = LocalNetwork(
@@ -100,7 +107,7 @@ def world(netns_usable: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             with local.admin() as admin:
                 key = admin.create_account("renter", "mesh").api_key
             with Client(local.url, key) as renter:
-                yield World(net, local, renter)
+                yield World(net, local, renter, key, state)
 
 
 def _worker_of(world: World, index: int) -> str:
@@ -189,6 +196,57 @@ def test_a_restarted_agent_adopts_its_interface_and_keeps_the_mesh(world: World)
     # and the restarted agent follows map changes again: a relay after a cut
     relayed, _ = _cut_and_heal(world)
     assert relayed < 10.0
+
+
+def test_a_renter_connects_its_machine_to_its_cluster(world: World) -> None:
+    coord = world.host("coord")
+    out = world.state / "renter" / "gpcmesh.conf"
+    gpupool = str(Path(sys.executable).with_name("gpupool"))
+    argv = [gpupool, "cluster", "connect", world.cluster, "--out", str(out), "--up", "--json",
+            "--coordinator", f"http://{coord.address}:{PORT}"]  # fmt: skip
+    done = subprocess.run(
+        ["ip", "netns", "exec", world.host("renter").netns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GPUPOOL_KEY": world.key},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["interface"] == "gpcmesh"
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    assert len(answer["peers"]) == 3
+    for peer in answer["peers"]:
+        eventually(lambda a=peer["address"]: world.ping("renter", a), 30,
+                   f"the renter's machine to reach {peer['address']}")  # fmt: skip
+    # every member's map now holds the renter's machine
+    client_key = world.host("renter").run("wg", "show", "gpcmesh", "public-key").strip()
+    for name in HOSTS[:3]:
+        assert world.routed_via(name, answer["address"]) == client_key
+    # another renter's cluster is not this renter's to connect to
+    other = world.renter.cluster(world.other_cluster)
+    assert other.id != world.cluster
+    with world.local.admin() as admin:
+        stranger = admin.create_account("renter", "stranger").api_key
+    done = subprocess.run(
+        [
+            *argv[:3],
+            world.cluster,
+            "--out",
+            str(world.state / "x.conf"),
+            "--coordinator",
+            world.local.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GPUPOOL_KEY": stranger},
+        check=False,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "no cluster" in done.stdout + done.stderr
+    world.host("renter").run("ip", "link", "del", "gpcmesh")
 
 
 def test_a_member_that_leaves_loses_the_mesh_within_two_seconds(world: World) -> None:
