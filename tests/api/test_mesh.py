@@ -212,3 +212,12 @@ def test_a_renter_connects_to_its_own_cluster_only(api: Api, three: list[AgentSi
         url, json={"public_key": KeyPair.generate().public_key}, headers=api.as_key(owner)
     )
     assert again.json()["address"] == got["address"]  # a new key keeps the address
+
+
+def test_mesh_routes_need_a_signed_worker(api: Api, three: list[AgentSim]) -> None:
+    key = KeyPair.generate().public_key
+    r = api.http.post("/v1/agent/mesh/key", json={"public_key": key})
+    assert r.status_code == 401
+    r = api.http.get("/v1/agent/mesh/leases/l-x", headers={"X-Gpupool-Worker": "w-x"})
+    assert r.status_code == 401
+    assert "error" in r.json()
