@@ -128,13 +128,22 @@ def test_a_cut_link_relays_through_the_third_member_and_heals(world: World) -> N
     assert back < 30.0
 
 
-def test_a_restarted_agent_adopts_its_interface_and_keeps_the_mesh(world: World) -> None:
+def test_a_restarted_agent_adopts_its_interface_and_rotates_its_key(world: World) -> None:
     before = world.interfaces("a")[0]["ifname"]
+    old_address, old_key = world.overlay("a"), world.public_key("a")
     world.local.stop_agent(0, signal.SIGKILL)
+    # and rotates its WireGuard key on the way: a new key, the same address and cluster
+    (world.local.agent_dir(0) / "wireguard.key").unlink()
     world.local.start_agent(0)
     world.local.wait_workers_up(4)
+    eventually(lambda: world.public_key("a") != old_key, 30, "a's new key on its interface")
     address = {n: world.overlay(n) for n in HOSTS[:3]}
+    assert address["a"] == old_address
     assert [i["ifname"] for i in world.interfaces("a")] == [before]
+    new_key = world.public_key("a")
+    for other in ("b", "c"):
+        eventually(lambda o=other: world.routed_via(o, address["a"]) == new_key, 10,
+                   f"{other} to hold a's new key")  # fmt: skip
     for dst in ("b", "c"):
         eventually(lambda d=dst: world.ping("a", address[d]), 30, f"a to reach {dst}")
     # and the restarted agent follows map changes again: a relay after a cut
