@@ -152,7 +152,7 @@ def test_lost_probes_set_a_relay_in_both_maps(api: Api, three: list[AgentSim]) -
     for _ in range(3):
         _probes(a, lease, {b.worker_id: None, c.worker_id: 1.0})
         _probes(b, lease, {a.worker_id: None, c.worker_id: 1.0})
-        assert _probes(c, lease, {a.worker_id: 1.0, b.worker_id: 1.0}) in (True, False)
+        _probes(c, lease, {a.worker_id: 1.0, b.worker_id: 1.0})
         api.clock.advance(1.0)
     ma, mc = _map(a, lease), _map(c, lease)
     to_c = next(p for p in ma["peers"] if p["worker_id"] == c.worker_id)

@@ -131,14 +131,14 @@ class Mesh:
     def set_endpoint(self, worker_id: str, lease_id: str, endpoint: str) -> None:
         check_endpoint(endpoint)
         with self._db.transaction() as tx:
-            self._member_ids(tx, lease_id, worker_id)
+            self._cluster_of_member(tx, lease_id, worker_id)
             tx.mesh.set_endpoint(lease_id, worker_id, endpoint, self._clock.now())
 
     def peer_map(self, worker_id: str, lease_id: str) -> VersionedMap:
         """The worker's peer map in the lease; NotFound when it is not a member of the
         lease now (or has no key yet)."""
         with self._db.transaction() as tx:
-            cluster_id = self._member_ids(tx, lease_id, worker_id)
+            cluster_id = self._cluster_of_member(tx, lease_id, worker_id)
             found = self._maps(tx, lease_id, cluster_id).get(worker_id)
         if found is None:
             raise NotFound("register a WireGuard key before asking for a peer map")
@@ -159,7 +159,7 @@ class Mesh:
                 raise InvalidRequest(f"rtt to {target} must be between 0 and {MAX_RTT_MS} ms")
         now = self._clock.now()
         with self._db.transaction() as tx:
-            self._member_ids(tx, lease_id, worker_id)
+            self._cluster_of_member(tx, lease_id, worker_id)
             members = self._keyed_members(tx, lease_id)
             unknown = set(rtts) - set(members) - {worker_id}
             if unknown or worker_id in rtts:
@@ -177,7 +177,7 @@ class Mesh:
 
     # internals -------------------------------------------------------------------------
 
-    def _member_ids(self, tx: Transaction, lease_id: str, worker_id: str) -> str:
+    def _cluster_of_member(self, tx: Transaction, lease_id: str, worker_id: str) -> str:
         """The lease's cluster id, when `worker_id` is one of its members now."""
         lease = tx.leases.lease(lease_id)
         if lease is None or lease.state not in ACTIVE_STATES:
