@@ -23,6 +23,7 @@ from gpupool.testing import ManualClock
 
 ADMIN_KEY = "gpa_test-admin-key"
 HOUR = 100.0
+RENTER_FUNDS = "1000"
 
 
 @dataclass
@@ -35,13 +36,25 @@ class Api:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
-    def account(self, role: str, name: str = "someone") -> str:
+    def account(self, role: str, name: str = "someone", funds: str | None = RENTER_FUNDS) -> str:
+        """A new account's API key; renters start with `funds` from the faucet."""
         r = self.http.post(
             "/v1/accounts", json={"role": role, "name": name}, headers=self.admin_headers()
         )
         assert r.status_code == 201, r.text
         key: str = r.json()["api_key"]
+        if role == "renter" and funds is not None:
+            self.fund(r.json()["id"], funds)
         return key
+
+    def fund(self, account_id: str, amount: str) -> Any:
+        r = self.http.post(
+            "/v1/ledger/fund",
+            json={"account_id": account_id, "amount": amount},
+            headers=self.admin_headers(),
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
 
     def as_key(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from gpupool.domain import leases as rules
+from gpupool.domain import ledger
 from gpupool.domain.errors import Conflict, Forbidden, InsufficientCapacity, NotFound
 from gpupool.domain.leases import (
     ACTIVE_STATES,
@@ -30,6 +31,7 @@ from gpupool.domain.models import (
 )
 from gpupool.domain.placement import Placement
 from gpupool.services.ids import new_id
+from gpupool.services.ledger import post
 from gpupool.services.ports import Clock, Database, Transaction
 
 BOOKING_ATTEMPTS = 3
@@ -106,6 +108,17 @@ class Market:
             tx.leases.add(cluster, lease, members)
             if not tx.leases.claim_devices(lease.id, [d.id for d in placed.devices]):
                 raise _LostRace
+            # The full price into escrow, or (402) no booking at all: same transaction.
+            prices = {d.id: d.spec.price_micros_per_hour for d in placed.devices}
+            escrow = ledger.escrow_moves(
+                ledger.MoveKind.ESCROW,
+                f"escrow:{lease.id}",
+                renter.id,
+                lease.id,
+                prices,
+                lease.hours,
+            )
+            post(tx, escrow, now)
             tx.leases.add_event(lease.id, now, LeaseState.PENDING, "booked")
             tx.workers.bump_lease_version(sorted({d.worker_id for d in placed.devices}))
             return _view(tx, cluster)
@@ -125,6 +138,7 @@ class Market:
             lease = _locked_lease(tx, cluster.id)
             t2 = rules.extend(lease.state, lease.t2, hours, self.hour_seconds)
             now = self._clock.now()
+            _escrow_extension(tx, lease, hours, now)
             tx.leases.save_lease(replace(lease, t2=t2, hours=lease.hours + hours, updated_at=now))
             tx.leases.add_event(lease.id, now, lease.state, f"extended by {hours} h")
             tx.workers.bump_lease_version(_worker_ids(tx, lease.id))
@@ -243,6 +257,20 @@ _SETTLED_NOTES = {
     LeaseState.PROVISIONING: "members are setting up",
     LeaseState.FAILED: "a member failed",
 }
+
+
+def _escrow_extension(tx: Transaction, lease: Lease, hours: int, now: float) -> None:
+    """Each device's booked price x the added hours into its escrow (the price a device
+    was booked at is what its escrow holds per booked hour)."""
+    held = tx.ledger.balances_like(ledger.escrow_prefix(lease.id))
+    prefix = ledger.escrow_prefix(lease.id)
+    prices = {a.removeprefix(prefix): v // lease.hours for a, v in held.items() if v}
+    if prices:
+        key = f"extend:{lease.id}:{lease.hours + hours}"
+        move = ledger.escrow_moves(
+            ledger.MoveKind.EXTEND, key, lease.renter_id, lease.id, prices, hours
+        )
+        post(tx, move, now)
 
 
 def _worker_up(tx: Transaction, worker_id: str) -> bool:

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpupool.crypto.ledger import Entry
 from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
 from gpupool.domain.models import (
@@ -234,6 +235,60 @@ class ProofRepo(Protocol):
     def passed_flops(self, model: str, limit: int = 50) -> list[float]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StakeRecord:
+    device_id: str
+    supplier_id: str
+    worker_id: str
+    staked_at: float
+    unstake_at: float | None
+
+
+class LedgerRepo(Protocol):
+    """The journal, balances, stakes and slashes (docs/ledger.md)."""
+
+    def lock_head(self) -> tuple[int, str]:
+        """The last entry's (seq, hash), locked until the transaction ends: moves are
+        appended one at a time."""
+        ...
+
+    def entry(self, key: str) -> Entry | None: ...
+    def append(self, entry: Entry, balances: dict[str, int]) -> None:
+        """Store the entry, its postings and the new balances, and move the head to it."""
+        ...
+
+    def balances(self, accounts: Collection[str]) -> dict[str, int]: ...
+    def balances_like(self, prefix: str) -> dict[str, int]:
+        """Every account whose name starts with `prefix`, with its balance."""
+        ...
+
+    def entries(
+        self, *, after: int = 0, limit: int | None = None, accounts: Collection[str] = ()
+    ) -> list[Entry]:
+        """Entries in order; with `accounts`, only those posting to one of them."""
+        ...
+
+    def unsettled_leases(self, states: Collection[str]) -> list[str]:
+        """Leases in `states` that have a certificate and no settlement entry."""
+        ...
+
+    def stake(self, device_id: str) -> StakeRecord | None: ...
+    def stakes(self, supplier_id: str | None = None) -> list[StakeRecord]: ...
+    def save_stake(self, record: StakeRecord) -> None: ...
+    def drop_stake(self, device_id: str) -> None: ...
+    def add_slash(
+        self,
+        key: str,
+        worker_id: str,
+        device_id: str,
+        reason: str,
+        fraud: bool,
+        amount: int,
+        at: float,
+    ) -> None: ...
+    def fraud_count(self, worker_id: str) -> int: ...
+
+
 class Transaction(Protocol):
     @property
     def accounts(self) -> AccountRepo: ...
@@ -245,6 +300,8 @@ class Transaction(Protocol):
     def nonces(self) -> NonceRepo: ...
     @property
     def proofs(self) -> ProofRepo: ...
+    @property
+    def ledger(self) -> LedgerRepo: ...
 
 
 class Database(Protocol):

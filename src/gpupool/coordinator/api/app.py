@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 import gpupool
 from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, workers
+from gpupool.coordinator.api import ledger as ledger_api
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -27,6 +28,7 @@ from gpupool.domain.placement import Placement
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth
 from gpupool.services.challenges import Challenges
+from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.registry import Registry
@@ -65,6 +67,7 @@ def build_services(
             epoch_seconds=settings.epoch_seconds,
             interval_seconds=settings.sample_interval_seconds,
         ),
+        ledger=Ledger(db, clock, settings.hour_seconds),
     )
 
 
@@ -83,6 +86,9 @@ def tick(svc: Services) -> None:
     certified = svc.timelock.certify_due()
     if certified:
         log.info("event=certified leases=%s", ",".join(certified))
+    settled = svc.ledger.settle_due()
+    if settled:
+        log.info("event=settled leases=%s", ",".join(settled))
     svc.auth.forget_old_nonces()
 
 
@@ -126,6 +132,7 @@ def create_app(
     errors.install(app)
     for module in (accounts, agents, bandwidth, clusters, workers):
         app.include_router(module.router)
+    app.include_router(ledger_api.router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:

@@ -16,6 +16,7 @@ from gpupool.domain.models import Account, Role
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth, SignedRequest
 from gpupool.services.challenges import Challenges
+from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.registry import Registry
 from gpupool.services.timelock import TimeLock
@@ -30,6 +31,7 @@ class Services:
     market: Market
     challenges: Challenges
     timelock: TimeLock
+    ledger: Ledger
 
 
 def services(request: Request) -> Services:

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from gpupool.coordinator.storage.ledger import SqlLedger
 from gpupool.coordinator.storage.proofs import SqlProofs
 from gpupool.coordinator.storage.tables import (
     accounts,
@@ -630,3 +631,4 @@ class SqlTransaction:
         self.leases = SqlLeases(conn)
         self.nonces = SqlNonces(conn)
         self.proofs = SqlProofs(conn)
+        self.ledger = SqlLedger(conn)

@@ -216,3 +216,6 @@ challenges = sa.Table(
     sa.Index("ix_challenges_device", "device_id"),
     sa.Index("ix_challenges_state", "state"),
 )
+
+# The ledger's tables live in their own module, on this metadata.
+from gpupool.coordinator.storage import ledger_tables as _ledger_tables  # noqa: E402, F401
