@@ -250,7 +250,7 @@ def bench_ingest(agents: int, devices: int, seconds: float, processes: int) -> d
         with net:
             with net.admin() as admin:
                 supplier = admin.create_account("supplier", "bench").api_key
-                renter = admin.create_account("renter", "bench").api_key
+            renter = net.create_renter("bench", funds="1000000")
             ctx = mp.get_context("fork")
             start, out = ctx.Event(), ctx.Queue()
             stop_at = ctx.Value("d", 0.0)

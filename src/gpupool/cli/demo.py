@@ -63,8 +63,8 @@ def demo(
 
 
 def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str, Any]:
+    renter_key = net.create_renter("demo-renter")
     with net.admin() as admin:
-        renter_key = admin.create_account("renter", "demo-renter").api_key
         workers = admin.workers()
     say.print(
         table(

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from gpupool.wire import ledger as wl
 from gpupool.wire import models as w
 
 
@@ -111,3 +112,25 @@ class Client:
     def proof_export(self, cluster_id: str) -> w.ProofExportOut:
         data = self._call("GET", f"/v1/clusters/{cluster_id}/proof/export")
         return w.ProofExportOut.model_validate(data)
+
+    # the ledger ----------------------------------------------------------------------------
+
+    def fund(self, account_id: str, amount: str, key: str | None = None) -> wl.EntryOut:
+        """Mint `amount` into an account (admin key). A retry with the same `key` funds once."""
+        body: dict[str, Any] = {"account_id": account_id, "amount": str(amount)}
+        if key is not None:
+            body["key"] = key
+        return wl.EntryOut.model_validate(self._call("POST", "/v1/ledger/fund", body))
+
+    def balance(self) -> wl.BalanceOut:
+        return wl.BalanceOut.model_validate(self._call("GET", "/v1/ledger/balance"))
+
+    def ledger_entries(self, after: int = 0, limit: int = 100) -> list[wl.EntryOut]:
+        data = self._call("GET", f"/v1/ledger/entries?after={after}&limit={limit}")
+        return [wl.EntryOut.model_validate(x) for x in data]
+
+    def ledger_audit(self) -> wl.AuditOut:
+        return wl.AuditOut.model_validate(self._call("GET", "/v1/ledger/audit"))
+
+    def settle(self, lease_id: str) -> wl.EntryOut:
+        return wl.EntryOut.model_validate(self._call("POST", f"/v1/ledger/settle/{lease_id}"))

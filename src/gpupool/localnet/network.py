@@ -152,6 +152,13 @@ class LocalNetwork:
         on_step(f"{self.agents} agents starting (CPU devices: this machine has no GPU)")
         self.wait_workers_up(self.agents)
 
+    def create_renter(self, name: str, funds: str = "100") -> str:
+        """A renter account funded through the faucet; returns its API key."""
+        with self.admin() as admin:
+            created = admin.create_account("renter", name)
+            admin.fund(created.id, funds, key=f"localnet-{created.id}")
+        return created.api_key
+
     def _alive_check(self, admin: Client) -> bool | None:
         assert self._coordinator is not None
         if self._coordinator.popen.poll() is not None:
