@@ -266,6 +266,7 @@ def bench_ingest(agents: int, devices: int, seconds: float, processes: int) -> d
             for p in procs:
                 p.start()
             net.wait_workers_up(agents, timeout=120)
+            net.stake_devices(supplier, funds="1000000")
             with Client(net.url, renter) as gp:
                 gp.create_cluster(
                     devices=agents * devices, kind="cpu", hours=1, max_price_per_hour="1"

@@ -24,6 +24,7 @@ from gpupool.testing import ManualClock
 ADMIN_KEY = "gpa_test-admin-key"
 HOUR = 100.0
 RENTER_FUNDS = "1000"
+SUPPLIER_FUNDS = "1000"
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Api:
         link = CoordinatorLink(
             "http://testserver", identity, supplier_key, clock=self.clock.now, http=self.http
         )
-        return AgentSim(self, identity, link)
+        return AgentSim(self, identity, link, supplier_key)
 
     def book(self, renter_key: str, **fields: Any) -> Any:
         body = {"devices": 1, "kind": "cpu", "hours": 1, "max_price_per_hour": "1", **fields}
@@ -83,7 +84,9 @@ class AgentSim:
     api: Api
     identity: Identity
     link: CoordinatorLink
+    supplier_key: str = ""
     solve_challenges: bool = True
+    stake: bool = True
 
     @property
     def worker_id(self) -> str:
@@ -116,7 +119,19 @@ class AgentSim:
         worker = self.link.register(WorkerRegister.model_validate(body))
         if self.solve_challenges:
             self.solve_pending()
+        if self.stake:
+            self.stake_devices(worker.devices)
         return worker
+
+    def stake_devices(self, devices: list[Any]) -> None:
+        """Fund the supplier through the faucet and stake each device (the pool's entry)."""
+        me = self.api.http.get("/v1/accounts/me", headers=self.api.as_key(self.supplier_key))
+        self.api.fund(me.json()["id"], SUPPLIER_FUNDS)
+        for d in devices:
+            r = self.api.http.post(
+                f"/v1/stakes/{d.id}", json={}, headers=self.api.as_key(self.supplier_key)
+            )
+            assert r.status_code == 201, r.text
 
     def solve_pending(self) -> list[Any]:
         """Answer every open capability challenge with the agent's real challenge code."""

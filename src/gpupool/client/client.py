@@ -132,5 +132,15 @@ class Client:
     def ledger_audit(self) -> wl.AuditOut:
         return wl.AuditOut.model_validate(self._call("GET", "/v1/ledger/audit"))
 
+    def stakes(self) -> list[wl.StakeOut]:
+        return [wl.StakeOut.model_validate(x) for x in self._call("GET", "/v1/stakes")]
+
+    def stake(self, device_id: str, key: str | None = None) -> wl.EntryOut:
+        body = {"key": key} if key else {}
+        return wl.EntryOut.model_validate(self._call("POST", f"/v1/stakes/{device_id}", body))
+
+    def unstake(self, device_id: str) -> wl.StakeOut:
+        return wl.StakeOut.model_validate(self._call("DELETE", f"/v1/stakes/{device_id}"))
+
     def settle(self, lease_id: str) -> wl.EntryOut:
         return wl.EntryOut.model_validate(self._call("POST", f"/v1/ledger/settle/{lease_id}"))

@@ -1,5 +1,5 @@
-"""The ledger on the coordinator: posting moves, funding, balances, the journal, settling
-ended leases by their certificates, and auditing the whole.
+"""The ledger on the coordinator: posting moves, funding, balances, the journal, and
+auditing the whole (settlement is `services.settlement`).
 
 `post` appends one move inside the caller's transaction, so an entry commits together with
 the state change it pays for (a booking, an extension, a settlement, a slash) or not at all.
@@ -10,20 +10,15 @@ Locks are always taken lease first, head second, so no two use cases wait in a c
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpupool.crypto.ledger import Entry, seal, verify_journal
 from gpupool.domain import ledger as rules
 from gpupool.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from gpupool.domain.leases import TERMINAL_STATES
 from gpupool.domain.ledger import Move, MoveKind
 from gpupool.domain.models import Account, Role
 from gpupool.services.ports import Clock, Database, Transaction
-
-Hook = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +80,9 @@ class Audit:
 
 
 class Ledger:
-    def __init__(
-        self, db: Database, clock: Clock, hour_seconds: float = 3600.0, hook: Hook | None = None
-    ) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
-        self.hour_ms = round(hour_seconds * 1000)
-        # Called at named points inside a settlement's transaction; crash tests pause there.
-        self._hook = hook or (lambda _point: None)
 
     # funding and reading -----------------------------------------------------------------
 
@@ -160,52 +150,6 @@ class Ledger:
             minted=minted,
             total=sum(v for a, v in computed.items() if a != rules.MINT),
         )
-
-    # settlement ----------------------------------------------------------------------------
-
-    def settle(self, lease_id: str) -> Posted:
-        """Pay the suppliers of an ended lease by its certificate and refund the rest; a
-        second call (or a concurrent one) returns the first settlement."""
-        with self._db.transaction() as tx:
-            lease = tx.leases.lease_for_update(lease_id)
-            if lease is None:
-                raise NotFound(f"no lease {lease_id}")
-            done = tx.ledger.entry(rules.settle_key(lease_id))
-            if done is not None:
-                return Posted(done, False)
-            if lease.state not in TERMINAL_STATES:
-                raise Conflict(f"lease {lease_id} is {lease.state}; it settles when it ends")
-            stored = tx.proofs.certificate(lease_id)
-            if stored is None:
-                raise Conflict(f"lease {lease_id} has no certificate yet")
-            cert = json.loads(stored.body)
-            escrowed = tx.ledger.balances_like(rules.escrow_prefix(lease_id))
-            parts = []
-            for device in cert["devices"]:
-                worker = tx.workers.get(device["worker"])
-                held = escrowed.get(rules.escrow(lease_id, device["device"]), 0)
-                parts.append(
-                    rules.DevicePart(
-                        device_id=device["device"],
-                        supplier_id=worker.supplier_id if worker else "",
-                        escrowed=held,
-                        price_micros_per_hour=held // max(1, lease.hours),
-                        payout_ppm=int(device["payout_ppm"]),
-                    )
-                )
-            ran_ms = int(cert["t_end_ms"]) - int(cert["t1_ms"])
-            result = rules.settlement(lease_id, lease.renter_id, parts, ran_ms, self.hour_ms)
-            posted = post(tx, result.move, self._clock.now())
-            self._hook("settle:posted")
-            return posted
-
-    def settle_due(self) -> list[str]:
-        """Settle every certified lease that has not been settled (ticker)."""
-        with self._db.transaction() as tx:
-            due = tx.ledger.unsettled_leases([s.value for s in TERMINAL_STATES])
-        for lease_id in due:
-            self.settle(lease_id)
-        return due
 
 
 def require_role(account: Account, *roles: Role) -> None:

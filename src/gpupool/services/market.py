@@ -33,6 +33,7 @@ from gpupool.domain.placement import Placement
 from gpupool.services.ids import new_id
 from gpupool.services.ledger import post
 from gpupool.services.ports import Clock, Database, Transaction
+from gpupool.services.stake import in_pool
 
 BOOKING_ATTEMPTS = 3
 
@@ -57,12 +58,15 @@ class Market:
         placement: Placement,
         hour_seconds: float = 3600.0,
         provision_deadline: float = 300.0,
+        *,
+        require_stake: bool = True,
     ) -> None:
         self._db = db
         self._clock = clock
         self._placement = placement
         self.hour_seconds = hour_seconds
         self.provision_deadline = provision_deadline
+        self.require_stake = require_stake
 
     # renters' commands -------------------------------------------------------------
 
@@ -78,13 +82,16 @@ class Market:
     def _try_book(self, renter: Account, request: BookingRequest) -> ClusterView:
         now = self._clock.now()
         with self._db.transaction() as tx:
-            placed = self._placement.place(request, tx.workers.devices())
+            devices = tx.workers.devices()
+            pool = in_pool(tx, devices) if self.require_stake else devices
+            placed = self._placement.place(request, pool)
             if isinstance(placed, Shortfall):
+                unstaked = {"stake": len(devices) - len(pool)}
                 raise InsufficientCapacity(
                     "too few devices match this booking: " + placed.describe(),
                     requested=placed.requested,
                     matching=placed.matching,
-                    excluded_by={k: v for k, v in placed.excluded_by.items() if v},
+                    excluded_by={k: v for k, v in (placed.excluded_by | unstaked).items() if v},
                 )
             suffix = new_id("x")[2:]
             cluster = Cluster("c-" + suffix, renter.id, request, now, placed.predicted_diameter_ms)

@@ -61,3 +61,16 @@ class AuditOut(Response):
     minted_micros: int
     total_micros: int
     balanced: bool
+
+
+class StakeIn(Request):
+    key: Key | None = Field(default=None, description="Idempotency key for the top-up.")
+
+
+class StakeOut(Response):
+    device_id: str
+    worker_id: str
+    required_micros: int
+    held_micros: int
+    unstake_at: float | None
+    in_pool: bool

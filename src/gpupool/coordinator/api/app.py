@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 import gpupool
 from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, workers
 from gpupool.coordinator.api import ledger as ledger_api
+from gpupool.coordinator.api import stakes as stakes_api
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -32,6 +33,8 @@ from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.registry import Registry
+from gpupool.services.settlement import Settlement
+from gpupool.services.stake import Stakes
 from gpupool.services.timelock import TimeLock
 
 log = logging.getLogger("gpupool.coordinator")
@@ -51,6 +54,7 @@ def build_services(
             placement or LatencyAware(),
             settings.hour_seconds,
             settings.provision_deadline_seconds,
+            require_stake=settings.require_stake,
         ),
         challenges=Challenges(
             db,
@@ -67,7 +71,9 @@ def build_services(
             epoch_seconds=settings.epoch_seconds,
             interval_seconds=settings.sample_interval_seconds,
         ),
-        ledger=Ledger(db, clock, settings.hour_seconds),
+        ledger=Ledger(db, clock),
+        settlement=Settlement(db, clock, settings.hour_seconds),
+        stakes=Stakes(db, clock, settings.unstake_cooldown_seconds),
     )
 
 
@@ -86,7 +92,7 @@ def tick(svc: Services) -> None:
     certified = svc.timelock.certify_due()
     if certified:
         log.info("event=certified leases=%s", ",".join(certified))
-    settled = svc.ledger.settle_due()
+    settled = svc.settlement.settle_due()
     if settled:
         log.info("event=settled leases=%s", ",".join(settled))
     svc.auth.forget_old_nonces()
@@ -133,6 +139,7 @@ def create_app(
     for module in (accounts, agents, bandwidth, clusters, workers):
         app.include_router(module.router)
     app.include_router(ledger_api.router)
+    app.include_router(stakes_api.router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:

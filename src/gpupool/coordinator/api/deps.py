@@ -19,6 +19,8 @@ from gpupool.services.challenges import Challenges
 from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.registry import Registry
+from gpupool.services.settlement import Settlement
+from gpupool.services.stake import Stakes
 from gpupool.services.timelock import TimeLock
 
 
@@ -32,6 +34,8 @@ class Services:
     challenges: Challenges
     timelock: TimeLock
     ledger: Ledger
+    settlement: Settlement
+    stakes: Stakes
 
 
 def services(request: Request) -> Services:

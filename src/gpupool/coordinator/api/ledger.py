@@ -100,4 +100,4 @@ async def audit(svc: ServicesDep) -> w.AuditOut:
 @router.post("/settle/{lease_id}", dependencies=[AdminDep])
 async def settle(lease_id: str, svc: ServicesDep) -> w.EntryOut:
     """Settle an ended, certified lease now (the ticker does it too); idempotent."""
-    return posted_out(await run_in_threadpool(svc.ledger.settle, lease_id))
+    return posted_out(await run_in_threadpool(svc.settlement.settle, lease_id))
