@@ -129,10 +129,8 @@ class World:
         return body
 
 
-def make_world(url: str, hook: Hook | None = None, migrate: bool = True) -> World:
-    db = SqlDatabase(url)
-    if migrate:
-        db.migrate()
+def make_world(db: SqlDatabase, hook: Hook | None = None) -> World:
+    """The services over a migrated database."""
     clock = ManualClock()
     return World(
         db,

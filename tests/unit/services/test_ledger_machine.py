@@ -21,6 +21,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from gpupool.coordinator.storage.database import SqlDatabase
 from gpupool.crypto.ledger import verify_journal
 from gpupool.domain import ledger as money
 from gpupool.domain.errors import Conflict, InsufficientCapacity, InsufficientFunds
@@ -39,7 +40,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="ledger-machine-"))
-        self.world: World = make_world(f"sqlite:///{self.folder / 'l.db'}")
+        db = SqlDatabase(f"sqlite:///{self.folder / 'l.db'}")
+        db.migrate()
+        self.world: World = make_world(db)
         self.minted = 0
         self.renters: list[Account] = []
         self.devices: list[str] = []
