@@ -289,6 +289,75 @@ class LedgerRepo(Protocol):
     def fraud_count(self, worker_id: str) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    renter_id: str
+    command: str
+    image: str | None
+    input: bytes
+    input_hash: str
+    tolerance: float | None
+    state: str  # queued, done, failed
+    validation: str  # none, sampled, confirmed, caught, no-majority
+    validator_id: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    task_id: str
+    purpose: str  # job, check, third
+    device_id: str | None
+    worker_id: str | None
+    supplier_id: str | None
+    state: str  # waiting, assigned, done, failed
+    output: bytes | None
+    output_hash: str | None
+    error: str
+    created_at: float
+    finished_at: float | None
+
+
+class TaskRepo(Protocol):
+    """Protocol-mode jobs and their runs."""
+
+    def add_task(self, task: TaskRecord) -> None: ...
+    def task(self, task_id: str) -> TaskRecord | None: ...
+    def tasks_of(self, renter_id: str) -> list[TaskRecord]: ...
+    def tasks_by_id(self, task_ids: Sequence[str]) -> list[TaskRecord]: ...
+    def set_task(
+        self, task_id: str, *, state: str, validation: str, validator_id: str | None
+    ) -> None: ...
+    def unvalidated(self) -> list[str]:
+        """Done tasks no validator has sampled yet, oldest first."""
+        ...
+
+    def add_run(self, run: RunRecord) -> None: ...
+    def run(self, run_id: str) -> RunRecord | None: ...
+    def runs(self, task_id: str) -> list[RunRecord]: ...
+    def waiting_runs(self) -> list[RunRecord]: ...
+    def assign_run(self, run_id: str, device_id: str, worker_id: str, supplier_id: str) -> None: ...
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        state: str,
+        output: bytes | None,
+        output_hash: str | None,
+        error: str,
+        at: float,
+    ) -> bool:
+        """Record an assigned run's result; False if it was not assigned (a resend)."""
+        ...
+
+    def assigned_runs(self, worker_id: str) -> list[RunRecord]: ...
+    def load(self) -> dict[str, int]:
+        """Assigned runs per device."""
+        ...
+
+
 class Transaction(Protocol):
     @property
     def accounts(self) -> AccountRepo: ...
@@ -302,6 +371,8 @@ class Transaction(Protocol):
     def proofs(self) -> ProofRepo: ...
     @property
     def ledger(self) -> LedgerRepo: ...
+    @property
+    def tasks(self) -> TaskRepo: ...
 
 
 class Database(Protocol):

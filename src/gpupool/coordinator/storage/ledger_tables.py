@@ -72,3 +72,41 @@ slashes = sa.Table(
     sa.Column("at", sa.Double, nullable=False),
     sa.Index("ix_slashes_worker", "worker_id"),
 )
+
+# Protocol mode: jobs and their runs (the original, validators' checks, third runs).
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("renter_id", sa.String(32), nullable=False),
+    sa.Column("command", sa.Text, nullable=False),
+    sa.Column("image", sa.String(256), nullable=True),
+    sa.Column("input", sa.LargeBinary, nullable=False),
+    sa.Column("input_hash", sa.String(64), nullable=False),
+    sa.Column("tolerance", sa.Double, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),  # queued, done, failed
+    sa.Column("validation", sa.String(16), nullable=False),  # none, sampled, confirmed, ...
+    sa.Column("validator_id", sa.String(32), nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_tasks_renter", "renter_id"),
+    sa.Index("ix_tasks_state", "state", "validation"),
+)
+
+task_runs = sa.Table(
+    "task_runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("task_id", sa.String(32), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),  # job, check, third
+    sa.Column("device_id", sa.String(96), nullable=True),  # None until assigned
+    sa.Column("worker_id", sa.String(32), nullable=True),
+    sa.Column("supplier_id", sa.String(32), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),  # waiting, assigned, done, failed
+    sa.Column("output", sa.LargeBinary, nullable=True),
+    sa.Column("output_hash", sa.String(64), nullable=True),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double, nullable=True),
+    sa.Index("ix_task_runs_task", "task_id"),
+    sa.Index("ix_task_runs_worker", "worker_id", "state"),
+)

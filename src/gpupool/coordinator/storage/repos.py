@@ -23,6 +23,7 @@ from gpupool.coordinator.storage.tables import (
     nonces,
     workers,
 )
+from gpupool.coordinator.storage.tasks import SqlTasks
 from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
 from gpupool.domain.models import (
@@ -632,3 +633,4 @@ class SqlTransaction:
         self.nonces = SqlNonces(conn)
         self.proofs = SqlProofs(conn)
         self.ledger = SqlLedger(conn)
+        self.tasks = SqlTasks(conn)

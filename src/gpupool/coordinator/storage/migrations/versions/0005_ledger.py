@@ -1,4 +1,5 @@
-"""Ledger: hash-chained journal, postings, balances and its head; stakes and slashes
+"""Ledger: hash-chained journal, postings, balances and its head; stakes and slashes;
+protocol-mode tasks and their runs
 
 Revision ID: 0005_ledger
 Revises: 0003
@@ -72,9 +73,51 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key"),
     )
     op.create_index("ix_slashes_worker", "slashes", ["worker_id"])
+    op.create_table(
+        "tasks",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("renter_id", sa.String(length=32), nullable=False),
+        sa.Column("command", sa.Text(), nullable=False),
+        sa.Column("image", sa.String(length=256), nullable=True),
+        sa.Column("input", sa.LargeBinary(), nullable=False),
+        sa.Column("input_hash", sa.String(length=64), nullable=False),
+        sa.Column("tolerance", sa.Double(), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("validation", sa.String(length=16), nullable=False),
+        sa.Column("validator_id", sa.String(length=32), nullable=True),
+        sa.Column("created_at", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_tasks_renter", "tasks", ["renter_id"])
+    op.create_index("ix_tasks_state", "tasks", ["state", "validation"])
+    op.create_table(
+        "task_runs",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("task_id", sa.String(length=32), nullable=False),
+        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("device_id", sa.String(length=96), nullable=True),
+        sa.Column("worker_id", sa.String(length=32), nullable=True),
+        sa.Column("supplier_id", sa.String(length=32), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("output", sa.LargeBinary(), nullable=True),
+        sa.Column("output_hash", sa.String(length=64), nullable=True),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.Double(), nullable=False),
+        sa.Column("finished_at", sa.Double(), nullable=True),
+        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_task_runs_task", "task_runs", ["task_id"])
+    op.create_index("ix_task_runs_worker", "task_runs", ["worker_id", "state"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_task_runs_worker", table_name="task_runs")
+    op.drop_index("ix_task_runs_task", table_name="task_runs")
+    op.drop_table("task_runs")
+    op.drop_index("ix_tasks_state", table_name="tasks")
+    op.drop_index("ix_tasks_renter", table_name="tasks")
+    op.drop_table("tasks")
     op.drop_index("ix_slashes_worker", table_name="slashes")
     op.drop_table("slashes")
     op.drop_table("stakes")
