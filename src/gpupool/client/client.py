@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
 
 from gpupool.wire import ledger as wl
 from gpupool.wire import models as w
+from gpupool.wire import tasks as wt
 
 
 class ApiError(Exception):
@@ -141,6 +143,36 @@ class Client:
 
     def unstake(self, device_id: str) -> wl.StakeOut:
         return wl.StakeOut.model_validate(self._call("DELETE", f"/v1/stakes/{device_id}"))
+
+    # protocol mode --------------------------------------------------------------------------
+
+    def submit_task(
+        self,
+        command: str,
+        data: bytes,
+        image: str | None = None,
+        tolerance: float | None = None,
+    ) -> wt.TaskOut:
+        body: dict[str, Any] = {"command": command, "input_b64": base64.b64encode(data).decode()}
+        if image is not None:
+            body["image"] = image
+        if tolerance is not None:
+            body["tolerance"] = tolerance
+        return wt.TaskOut.model_validate(self._call("POST", "/v1/tasks", body))
+
+    def tasks(self) -> list[wt.TaskOut]:
+        return [wt.TaskOut.model_validate(x) for x in self._call("GET", "/v1/tasks")]
+
+    def task(self, task_id: str) -> wt.TaskOut:
+        return wt.TaskOut.model_validate(self._call("GET", f"/v1/tasks/{task_id}"))
+
+    def validate(self, p: float) -> list[str]:
+        data = self._call("POST", "/v1/validations", {"p": p})
+        return wt.ValidateOut.model_validate(data).sampled
+
+    def validations(self, task_ids: list[str]) -> list[wt.TaskOut]:
+        data = self._call("GET", f"/v1/validations?ids={','.join(task_ids)}")
+        return [wt.TaskOut.model_validate(x) for x in data]
 
     def settle(self, lease_id: str) -> wl.EntryOut:
         return wl.EntryOut.model_validate(self._call("POST", f"/v1/ledger/settle/{lease_id}"))

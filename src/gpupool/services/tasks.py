@@ -26,8 +26,8 @@ from gpupool.services.ledger import post, require_role
 from gpupool.services.ports import Clock, Database, RunRecord, TaskRecord, Transaction
 from gpupool.services.stake import in_pool, slash
 
-MAX_INPUT_BYTES = 1 << 20
-MAX_OUTPUT_BYTES = 4 << 20
+MAX_INPUT_BYTES = 512 << 10  # base64 in a request body under the 1 MiB limit
+MAX_OUTPUT_BYTES = 512 << 10
 MAX_COMMAND_CHARS = 4096
 
 

@@ -19,6 +19,7 @@ import gpupool
 from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, workers
 from gpupool.coordinator.api import ledger as ledger_api
 from gpupool.coordinator.api import stakes as stakes_api
+from gpupool.coordinator.api import tasks as tasks_api
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -35,6 +36,7 @@ from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.registry import Registry
 from gpupool.services.settlement import Settlement
 from gpupool.services.stake import Stakes
+from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
 
 log = logging.getLogger("gpupool.coordinator")
@@ -74,6 +76,7 @@ def build_services(
         ledger=Ledger(db, clock),
         settlement=Settlement(db, clock, settings.hour_seconds),
         stakes=Stakes(db, clock, settings.unstake_cooldown_seconds),
+        tasks=Tasks(db, clock),
     )
 
 
@@ -92,6 +95,7 @@ def tick(svc: Services) -> None:
     certified = svc.timelock.certify_due()
     if certified:
         log.info("event=certified leases=%s", ",".join(certified))
+    svc.tasks.assign_pending()
     settled = svc.settlement.settle_due()
     if settled:
         log.info("event=settled leases=%s", ",".join(settled))
@@ -140,6 +144,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(ledger_api.router)
     app.include_router(stakes_api.router)
+    app.include_router(tasks_api.router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:

@@ -21,6 +21,7 @@ from gpupool.services.market import Market
 from gpupool.services.registry import Registry
 from gpupool.services.settlement import Settlement
 from gpupool.services.stake import Stakes
+from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
 
 
@@ -36,6 +37,7 @@ class Services:
     ledger: Ledger
     settlement: Settlement
     stakes: Stakes
+    tasks: Tasks
 
 
 def services(request: Request) -> Services:
