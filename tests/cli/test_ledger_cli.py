@@ -57,3 +57,12 @@ def test_the_faucet_refuses_a_bad_amount_and_needs_the_admin_key(net: LocalNetwo
     assert bad.returncode == 1 and "422" in bad.stderr and "Traceback" not in bad.stderr
     nokey = gpupool("ledger", "fund", created.id, "3", env={**env, "GPUPOOL_ADMIN_KEY": ""})
     assert nokey.returncode == 2 and "admin key" in nokey.stderr
+
+
+def test_validator_odds_prints_the_escape_chance() -> None:
+    shown = gpupool("validator", "odds", "--p", "0.1", "--jobs", "20", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["escape_probability"] == pytest.approx(0.9**20)
+    assert "0.121577" in gpupool("validator", "odds", "--p", "0.1", "--jobs", "20").stdout
+    bad = gpupool("validator", "odds", "--p", "2", "--jobs", "20")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
