@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from gpupool.cli.accounts import AdminKeyFileOpt
 from gpupool.cli.common import (
@@ -20,7 +21,9 @@ from gpupool.cli.common import (
     print_json,
     read_admin_key,
     table,
+    wait_with_progress,
 )
+from gpupool.client import Client
 from gpupool.wire.ledger import EntryOut
 
 app = typer.Typer(help="The ledger: journal, faucet, audit, settlement.", no_args_is_help=True)
@@ -135,3 +138,71 @@ def settle(
         print_json(entry)
     else:
         out.print(table(f"settlement of {lease_id}", ["account", "amount"], _rows([entry])))
+
+
+def settlement_summary(admin: Client, lease_id: str, timeout: float = 60) -> dict[str, Any]:
+    """What a lease cost and paid, from the journal (admin key): what the renter paid into
+    escrow, what each supplier earned, what was refunded and slashed, and the audit."""
+
+    def settled() -> list[EntryOut] | None:
+        entries = _lease_entries(admin, lease_id)
+        return entries if any(e.kind == "settle" for e in entries) else None
+
+    entries = wait_with_progress(f"waiting for the settlement of {lease_id}", settled, timeout)
+    paid = earned = refunded = slashed = 0
+    suppliers: dict[str, int] = {}
+    for e in entries:
+        for p in e.postings:
+            kind = p.account.partition(":")[0]
+            if e.kind in ("escrow", "extend") and kind == "renter":
+                paid -= p.amount_micros
+            elif e.kind == "settle" and kind == "supplier":
+                owner = p.account.partition(":")[2]
+                suppliers[owner] = suppliers.get(owner, 0) + p.amount_micros
+                earned += p.amount_micros
+            elif e.kind == "settle" and kind == "renter":
+                refunded += p.amount_micros
+            elif e.kind == "slash" and kind == "stake":
+                slashed -= p.amount_micros
+    audit = admin.ledger_audit()
+    return {
+        "lease_id": lease_id,
+        "renter_paid_micros": paid,
+        "suppliers_earned_micros": suppliers,
+        "earned_micros": earned,
+        "refunded_micros": refunded,
+        "slashed_micros": slashed,
+        "entries": [e.seq for e in entries],
+        "chain_ok": audit.chain_ok,
+        "balanced": audit.balanced and paid == earned + refunded,
+    }
+
+
+def _lease_entries(admin: Client, lease_id: str) -> list[EntryOut]:
+    found, after = [], 0
+    while True:
+        page = admin.ledger_entries(after, 1000)
+        found += [e for e in page if e.memo.get("lease") == lease_id or _of_lease(e, lease_id)]
+        if len(page) < 1000:
+            return found
+        after = page[-1].seq
+
+
+def _of_lease(entry: EntryOut, lease_id: str) -> bool:
+    return entry.kind == "slash" and entry.key.startswith(f"slash:{lease_id}:")
+
+
+def settlement_table(summary: dict[str, Any]) -> Table:
+    def units(micros: int) -> str:
+        return f"{micros / 1_000_000:.6f}"
+
+    rows = [("renter paid into escrow", units(summary["renter_paid_micros"]))]
+    rows += [
+        (f"supplier {s} earned", units(v)) for s, v in summary["suppliers_earned_micros"].items()
+    ]
+    rows += [
+        ("refunded to the renter", units(summary["refunded_micros"])),
+        ("slashed from stake", units(summary["slashed_micros"])),
+        ("journal balanced", "yes" if summary["balanced"] else "NO"),
+    ]
+    return table(f"settlement of {summary['lease_id']}", ["", "amount"], rows)
