@@ -17,7 +17,7 @@ from gpupool.domain.money import to_micros
 from gpupool.domain.stake import UNSTAKE_COOLDOWN_SECONDS
 from tests.api.conftest import Api
 from tests.api.test_ledger import _balance, _me
-from tests.api.test_timelock import Seen, _end, _lease, _run
+from tests.api.test_timelock import Seen, _end, _lease, _run, violation
 
 REQUIRED = to_micros("5") + 24 * to_micros("0.10")  # a CPU device at 0.10 an hour
 
@@ -97,15 +97,8 @@ def test_a_violation_slashes_the_devices_stake_to_the_renter(api: Api, tmp_path:
     sim.register(devices=1)
     renter = api.account("renter", "r")
     leased = _lease(api, renter, sim, tmp_path)
-    now = round(api.clock.now() * 1000)
-    violation = {
-        "pid": 999,
-        "exe": "/usr/bin/sleep",
-        "cmdline": "sleep 600",
-        "first_seen_ms": now,
-        "killed_at_ms": now + 3,
-    }
-    leased.recorder.record([Seen(leased.device_id, leased.lease_id, violations=[violation])])
+    seen = Seen(leased.device_id, leased.lease_id, violations=[violation(api)])
+    leased.recorder.record([seen])
     _run(api, leased, 30)
     cert = _end(api, renter, leased)
     assert cert["violations"] == 1

@@ -121,3 +121,22 @@ def test_a_validator_rerun_on_another_supplier_confirms_an_honest_job(api: Api) 
     assert views[0]["validation"] == "confirmed"
     check = next(run for run in views[0]["runs"] if run["purpose"] == "check")
     assert check["worker_id"] == second.worker_id  # not the supplier that ran the job
+
+
+def test_a_run_without_an_answer_goes_to_another_device_after_the_deadline(api: Api) -> None:
+    silent = api.agent(api.account("supplier", "silent"))
+    silent.register(devices=1)
+    renter = api.account("renter", "r")
+    task = _submit(api, renter, "cat", b"x").json()
+    busy = api.agent(api.account("supplier", "busy"))
+    busy.register(devices=1)
+    api.clock.advance(901)
+    busy.link.heartbeat()  # the silent worker is down by now, the busy one is up
+    api.tick()
+    shown = api.http.get(f"/v1/tasks/{task['id']}", headers=api.as_key(renter)).json()
+    first, second = shown["runs"]
+    assert first["state"] == "failed" and "no answer" in first["error"]
+    assert second["state"] == "assigned" and second["worker_id"] == busy.worker_id
+    assert _drain(_runner(busy)) == 1
+    shown = api.http.get(f"/v1/tasks/{task['id']}", headers=api.as_key(renter)).json()
+    assert shown["state"] == "done"

@@ -29,6 +29,9 @@ from gpupool.services.stake import in_pool, slash
 MAX_INPUT_BYTES = 512 << 10  # base64 in a request body under the 1 MiB limit
 MAX_OUTPUT_BYTES = 512 << 10
 MAX_COMMAND_CHARS = 4096
+# A run the agent has not answered by then goes to another device (agents give a run at most
+# 600 s, then report a timeout).
+RUN_DEADLINE_SECONDS = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +54,11 @@ class Tasks:
         db: Database,
         clock: Clock,
         uniform: Callable[[], float] | None = None,
+        run_deadline_seconds: float = RUN_DEADLINE_SECONDS,
     ) -> None:
         self._db = db
         self._clock = clock
+        self.run_deadline_seconds = run_deadline_seconds
         # Validators' sampling draws; tests pass a seeded generator.
         self._uniform = uniform or random.SystemRandom().random
 
@@ -112,8 +117,16 @@ class Tasks:
     # assignment -------------------------------------------------------------------------
 
     def assign_pending(self) -> int:
-        """Give waiting runs to devices (ticker); returns how many were assigned."""
+        """Give up on runs that got no answer within the deadline (each goes to another
+        device) and give waiting runs to devices (ticker); returns how many were assigned."""
+        now = self._clock.now()
         with self._db.transaction() as tx:
+            for run in tx.tasks.overdue_runs(now - self.run_deadline_seconds):
+                error = f"no answer within {self.run_deadline_seconds:.0f} s"
+                if tx.tasks.finish_run(
+                    run.id, state="failed", output=None, output_hash=None, error=error, at=now
+                ):
+                    tx.tasks.add_run(_waiting(run.task_id, run.purpose, now))
             return self._assign(tx)
 
     def _assign(self, tx: Transaction) -> int:
@@ -129,7 +142,8 @@ class Tasks:
             if not choices:
                 continue
             device = min(choices, key=lambda d: (load.get(d.id, 0), d.id))
-            tx.tasks.assign_run(run.id, device.id, device.worker_id, device.supplier_id)
+            now = self._clock.now()
+            tx.tasks.assign_run(run.id, device.id, device.worker_id, device.supplier_id, now)
             load[device.id] = load.get(device.id, 0) + 1
             assigned += 1
         if assigned:
@@ -197,18 +211,15 @@ class Tasks:
         now = self._clock.now()
         with self._db.transaction() as tx:
             candidates = tx.tasks.unvalidated()
-            picked = rules.pick(candidates, p, self._uniform)
-            chosen = set(picked)
+            chosen = set(rules.pick(candidates, p, self._uniform))
+            picked = []
             for task_id in candidates:
-                if task_id in chosen:
-                    tx.tasks.set_task(
-                        task_id, state="done", validation="sampled", validator_id=validator.id
-                    )
+                # a concurrent validator may have claimed it since it was read: skip it then
+                if task_id not in chosen:
+                    tx.tasks.claim_validation(task_id, "passed-over", None)
+                elif tx.tasks.claim_validation(task_id, "sampled", validator.id):
                     tx.tasks.add_run(_waiting(task_id, "check", now))
-                else:
-                    tx.tasks.set_task(
-                        task_id, state="done", validation="passed-over", validator_id=None
-                    )
+                    picked.append(task_id)
             self._assign(tx)
             return picked
 

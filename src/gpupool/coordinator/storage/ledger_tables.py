@@ -106,6 +106,7 @@ task_runs = sa.Table(
     sa.Column("output_hash", sa.String(64), nullable=True),
     sa.Column("error", sa.Text, nullable=False, default=""),
     sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("assigned_at", sa.Double, nullable=True),
     sa.Column("finished_at", sa.Double, nullable=True),
     sa.Index("ix_task_runs_task", "task_id"),
     sa.Index("ix_task_runs_worker", "worker_id", "state"),

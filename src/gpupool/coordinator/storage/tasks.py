@@ -103,6 +103,22 @@ class SqlTasks:
         )
         return [r.id for r in rows]
 
+    def claim_validation(self, task_id: str, validation: str, validator_id: str | None) -> bool:
+        claimed = self._c.execute(
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.state == "done", tasks.c.validation == "none")
+            .values(validation=validation, validator_id=validator_id)
+        ).rowcount
+        return bool(claimed)
+
+    def overdue_runs(self, before: float) -> list[RunRecord]:
+        rows = self._c.execute(
+            task_runs.select()
+            .where(task_runs.c.state == "assigned", task_runs.c.assigned_at < before)
+            .order_by(task_runs.c.assigned_at, task_runs.c.id)
+        )
+        return [_run(r) for r in rows]
+
     def add_run(self, run: RunRecord) -> None:
         self._c.execute(
             task_runs.insert().values(
@@ -141,7 +157,9 @@ class SqlTasks:
         )
         return [_run(r) for r in rows]
 
-    def assign_run(self, run_id: str, device_id: str, worker_id: str, supplier_id: str) -> None:
+    def assign_run(
+        self, run_id: str, device_id: str, worker_id: str, supplier_id: str, at: float
+    ) -> None:
         self._c.execute(
             task_runs.update()
             .where(task_runs.c.id == run_id, task_runs.c.state == "waiting")
@@ -150,6 +168,7 @@ class SqlTasks:
                 device_id=device_id,
                 worker_id=worker_id,
                 supplier_id=supplier_id,
+                assigned_at=at,
             )
         )
 

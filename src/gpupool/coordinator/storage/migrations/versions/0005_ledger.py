@@ -103,6 +103,7 @@ def upgrade() -> None:
         sa.Column("output_hash", sa.String(length=64), nullable=True),
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
+        sa.Column("assigned_at", sa.Double(), nullable=True),
         sa.Column("finished_at", sa.Double(), nullable=True),
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"]),
         sa.PrimaryKeyConstraint("id"),
