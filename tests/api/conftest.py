@@ -125,6 +125,8 @@ class AgentSim:
 
     def stake_devices(self, devices: list[Any]) -> None:
         """Fund the supplier through the faucet and stake each device (the pool's entry)."""
+        # the link holds the supplier's key when a test built this sim by hand
+        self.supplier_key = self.supplier_key or self.link._supplier_key
         me = self.api.http.get("/v1/accounts/me", headers=self.api.as_key(self.supplier_key))
         self.api.fund(me.json()["id"], SUPPLIER_FUNDS)
         for d in devices:

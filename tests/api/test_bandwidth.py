@@ -108,12 +108,10 @@ def test_a_real_measurement_sets_the_tier_that_bookings_filter_on(
     url, clock = live
     with httpx.Client(base_url=url, timeout=30) as http:
         api = ApiHelpers(http, clock, None, database)  # type: ignore[arg-type]
-        supplier = api.account("supplier", "s")
         sim = AgentSim(
             api,
             (ident := Identity.generate()),
-            link := CoordinatorLink(url, ident, supplier, clock=clock.now),
-            supplier,
+            link := CoordinatorLink(url, ident, api.account("supplier", "s"), clock=clock.now),
         )
         sim.register(devices=2)
         answer = BandwidthMeter(link).measure()
