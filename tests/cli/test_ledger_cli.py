@@ -66,3 +66,12 @@ def test_validator_odds_prints_the_escape_chance() -> None:
     assert "0.121577" in gpupool("validator", "odds", "--p", "0.1", "--jobs", "20").stdout
     bad = gpupool("validator", "odds", "--p", "2", "--jobs", "20")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_refused_payment_names_the_shortfall() -> None:
+    from gpupool.cli.common import api_error_message
+    from gpupool.client import ApiError
+
+    body = {"error": "insufficient_funds", "shortfall_micros": 50_000}
+    message = api_error_message(ApiError(402, "insufficient_funds", "renter:a-x is short", body))
+    assert "402 insufficient_funds" in message and "short by 0.050000" in message
