@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -29,6 +30,7 @@ from gpupool.domain.leases import LeaseState
 from gpupool.domain.models import Account, Role
 from gpupool.domain.stake import SlashReason
 from gpupool.services.stake import slash
+from tests.conftest import POSTGRES_URL, _fresh_postgres
 from tests.ledger_world import HOUR, UNIT, World, make_world
 
 PRICES = [100_000, 250_000, 400_000]
@@ -37,11 +39,16 @@ PRICES = [100_000, 250_000, 400_000]
 class LedgerMachine(RuleBasedStateMachine):
     leases = Bundle("leases")
 
+    postgres = False
+
     def __init__(self) -> None:
         super().__init__()
         self.folder = Path(tempfile.mkdtemp(prefix="ledger-machine-"))
-        db = SqlDatabase(f"sqlite:///{self.folder / 'l.db'}")
-        db.migrate()
+        if self.postgres:
+            db = _fresh_postgres()
+        else:
+            db = SqlDatabase(f"sqlite:///{self.folder / 'l.db'}")
+            db.migrate()
         self.world: World = make_world(db)
         self.minted = 0
         self.renters: list[Account] = []
@@ -197,10 +204,21 @@ class LedgerMachine(RuleBasedStateMachine):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-LedgerMachine.TestCase.settings = settings(
-    max_examples=25,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-test_ledger_machine = LedgerMachine.TestCase
+class PostgresLedgerMachine(LedgerMachine):
+    postgres = True
+
+
+_SETTINGS = {
+    "stateful_step_count": 30,
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+}
+LedgerMachine.TestCase.settings = settings(max_examples=25, **_SETTINGS)  # type: ignore[arg-type]
+PostgresLedgerMachine.TestCase.settings = settings(max_examples=10, **_SETTINGS)  # type: ignore[arg-type]
+test_ledger_machine_on_sqlite = LedgerMachine.TestCase
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES_URL, reason="GPUPOOL_TEST_POSTGRES_URL is not set")
+class TestLedgerMachineOnPostgres(PostgresLedgerMachine.TestCase):  # type: ignore[name-defined,misc]
+    pass
