@@ -160,3 +160,24 @@ def test_a_renter_sees_only_its_own_journal(api: Api) -> None:
     everything = api.http.get("/v1/ledger/entries", headers=api.admin_headers()).json()
     kinds = [e["kind"] for e in everything]
     assert kinds.count("escrow") == 1 and kinds.count("fund") == 3  # the supplier's too
+
+
+def test_a_retried_booking_or_extension_with_one_key_pays_once(api: Api) -> None:
+    _supplier(api, devices=4)
+    renter = api.account("renter", "r", funds="10")
+    headers = {**api.as_key(renter), "Idempotency-Key": "book-1"}
+    body = {"devices": 2, "kind": "cpu", "hours": 1, "max_price_per_hour": "1"}
+    first = api.http.post("/v1/clusters", json=body, headers=headers)
+    again = api.http.post("/v1/clusters", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert len(api.http.get("/v1/clusters", headers=api.as_key(renter)).json()) == 1
+    assert _balance(api, renter)["available_micros"] == to_micros("9.80")
+
+    cluster = first.json()["id"]
+    extend = {**api.as_key(renter), "Idempotency-Key": "ext-1"}
+    for _ in range(2):
+        r = api.http.post(f"/v1/clusters/{cluster}/extend", json={"hours": 1}, headers=extend)
+        assert r.status_code == 200 and r.json()["hours"] == 2
+    assert _balance(api, renter)["available_micros"] == to_micros("9.60")
+    assert _audit(api)["balanced"] is True

@@ -10,7 +10,7 @@ from typing import TypeVar
 from gpupool.coordinator.storage.database import SqlDatabase
 from gpupool.domain import ledger as money
 from gpupool.domain.errors import InsufficientFunds
-from gpupool.domain.models import Role
+from gpupool.domain.models import BookingRequest, DeviceKind, Role
 from tests.ledger_world import HOUR, UNIT, World, make_world
 
 T = TypeVar("T")
@@ -91,4 +91,23 @@ def test_concurrent_bookings_never_overdraw_the_renter(database: SqlDatabase) ->
     refused = [r for r in results if isinstance(r, InsufficientFunds)]
     assert len(booked) == 1 and len(refused) == 3, results
     assert _balance(world, money.renter(renter.id)) == 0
+    assert world.ledger.audit().ok
+
+
+def test_concurrent_bookings_with_one_idempotency_key_book_once(database: SqlDatabase) -> None:
+    world = make_world(database)
+    supplier = world.account(Role.SUPPLIER, "s")
+    world.worker(supplier, [UNIT // 10] * 8)
+    renter = world.account(Role.RENTER, "r")
+    world.ledger.fund(renter.id, 10 * UNIT)
+    request = BookingRequest(1, DeviceKind.CPU, 1, UNIT)
+
+    results = _together(lambda: world.market.book(renter, request, "same-request"), threads=4)
+
+    views = [r for r in results if not isinstance(r, BaseException)]
+    assert len(views) == 4, results
+    assert len({v.cluster.id for v in views}) == 1
+    with world.db.transaction() as tx:
+        assert len(tx.leases.clusters(renter.id)) == 1
+    assert _balance(world, money.renter(renter.id)) == 10 * UNIT - UNIT // 10
     assert world.ledger.audit().ok

@@ -23,6 +23,10 @@ class ApiError(Exception):
         self.body = body or {}
 
 
+def _idempotency(key: str | None) -> dict[str, str] | None:
+    return {"Idempotency-Key": key} if key else None
+
+
 class Client:
     def __init__(self, base_url: str, key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -38,9 +42,11 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, json: Any = None) -> Any:
+    def _call(
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         try:
-            response = self._http.request(method, path, json=json)
+            response = self._http.request(method, path, json=json, headers=headers)
         except httpx.HTTPError as exc:
             raise ApiError(
                 0, "unreachable", f"cannot reach the coordinator at {self.base_url}: {exc}"
@@ -82,14 +88,16 @@ class Client:
     def workers(self) -> list[w.WorkerOut]:
         return [w.WorkerOut.model_validate(x) for x in self._call("GET", "/v1/workers")]
 
-    def create_cluster(self, **booking: Any) -> w.ClusterOut:
-        """Book a cluster; `booking` holds the fields of `wire.models.BookingIn` (None: unset)."""
+    def create_cluster(self, idempotency_key: str | None = None, **booking: Any) -> w.ClusterOut:
+        """Book a cluster; `booking` holds the fields of `wire.models.BookingIn` (None: unset).
+        A retry with the same `idempotency_key` returns the first booking and pays once."""
         body = {
             k: (str(v) if k == "max_price_per_hour" else v)
             for k, v in booking.items()
             if v is not None
         }
-        return w.ClusterOut.model_validate(self._call("POST", "/v1/clusters", body))
+        data = self._call("POST", "/v1/clusters", body, _idempotency(idempotency_key))
+        return w.ClusterOut.model_validate(data)
 
     def clusters(self) -> list[w.ClusterOut]:
         return [w.ClusterOut.model_validate(x) for x in self._call("GET", "/v1/clusters")]
@@ -97,8 +105,15 @@ class Client:
     def cluster(self, cluster_id: str) -> w.ClusterOut:
         return w.ClusterOut.model_validate(self._call("GET", f"/v1/clusters/{cluster_id}"))
 
-    def extend(self, cluster_id: str, hours: int) -> w.ClusterOut:
-        data = self._call("POST", f"/v1/clusters/{cluster_id}/extend", {"hours": hours})
+    def extend(
+        self, cluster_id: str, hours: int, idempotency_key: str | None = None
+    ) -> w.ClusterOut:
+        data = self._call(
+            "POST",
+            f"/v1/clusters/{cluster_id}/extend",
+            {"hours": hours},
+            _idempotency(idempotency_key),
+        )
         return w.ClusterOut.model_validate(data)
 
     def terminate(self, cluster_id: str) -> w.ClusterOut:
