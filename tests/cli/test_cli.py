@@ -89,3 +89,8 @@ def test_demo_ends_its_lease_and_prints_json_last(tmp_path: object) -> None:
     assert len(summary["devices"]) == 2
     assert summary["cluster_id"].startswith("c-")
     assert "no GPU" in summary["note"]
+    ledger = summary["ledger"]
+    assert ledger["balanced"] is True and ledger["chain_ok"] is True
+    assert ledger["renter_paid_micros"] > 0
+    assert ledger["renter_paid_micros"] == ledger["earned_micros"] + ledger["refunded_micros"]
+    assert sum(ledger["suppliers_earned_micros"].values()) == ledger["earned_micros"]

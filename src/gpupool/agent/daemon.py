@@ -22,6 +22,7 @@ from gpupool.agent.prover import Prover
 from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
+from gpupool.agent.tasks import docker_available
 from gpupool.crypto.identity import Identity
 from gpupool.domain.leases import MemberState
 from gpupool.domain.models import DeviceSpec
@@ -126,7 +127,7 @@ class Agent:
                 for d in self.devices
             ],
             agent_version=gpupool.__version__,
-            sandbox=self.sandboxes.kind,
+            sandbox=self.sandboxes.kind + ("+docker" if docker_available() else ""),
         )
 
     def register(self, stop: threading.Event) -> w.WorkerOut | None:

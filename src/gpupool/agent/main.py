@@ -23,6 +23,7 @@ from gpupool.agent.recorder import ChainStore, Recorder
 from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, lock_state_dir
+from gpupool.agent.tasks import TaskRunner
 from gpupool.crypto.identity import load_or_create
 from gpupool.domain.models import DeviceKind
 from gpupool.domain.money import to_micros
@@ -99,6 +100,8 @@ def run_agent(settings: AgentSettings) -> None:
         )
         agent.prover = Prover(guard, recorder, devices, agent.snapshot)
         stop = threading.Event()
+        runner = TaskRunner(link, sandboxes, devices, identity.worker_id)
+        threading.Thread(target=runner.run, args=(stop,), name="tasks", daemon=True).start()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             log.info("event=agent_stopping signal=%s", signal.Signals(signum).name)

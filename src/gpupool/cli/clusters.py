@@ -99,13 +99,18 @@ def create(
     ] = 0,
     wait: Annotated[bool, typer.Option(help="Wait until the cluster is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Run the command again with the same key: it books and pays once."),
+    ] = None,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     key: KeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Book a cluster of devices for whole hours."""
+    """Book a cluster of devices for whole hours (its full price moves into escrow)."""
     with client(coordinator, key) as gp:
         cluster = gp.create_cluster(
+            idempotency_key=idempotency_key,
             devices=devices,
             kind=kind.value,
             hours=hours,

@@ -78,6 +78,9 @@ def coordinator_serve(
     challenge_every: Annotated[
         float, typer.Option(min=0, help="Re-challenge idle devices this often (s; 0: never).")
     ] = 6 * 3600.0,
+    unstake_cooldown: Annotated[
+        float, typer.Option(min=0, help="Seconds between asking to unstake and the payout.")
+    ] = 7 * 24 * 3600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the coordinator's /v1 API (migrating the database first)."""
@@ -108,6 +111,7 @@ def coordinator_serve(
         sample_interval_seconds=sample_interval,
         challenge_size=challenge_size,
         challenge_every_seconds=challenge_every,
+        unstake_cooldown_seconds=unstake_cooldown,
     )
     if created:
         err.print(f"created the coordinator's signing key in {state_dir / 'coordinator.key'}")

@@ -171,6 +171,27 @@ class LocalNetwork:
             self.start_agent(i)
         on_step(f"{self.agents} agents starting (CPU devices: this machine has no GPU)")
         self.wait_workers_up(self.agents)
+        staked = sum(self.stake_devices(key) for key in self.supplier_keys)
+        if staked:
+            on_step(f"suppliers staked {staked} devices (docs/ledger.md)")
+
+    def stake_devices(self, supplier_key: str, funds: str = "1000") -> int:
+        """Fund a supplier through the faucet and stake each of its devices that is not
+        staked yet, so they enter the pool; returns how many were staked."""
+        with Client(self.url, supplier_key) as gp, self.admin() as admin:
+            me = gp.me()
+            admin.fund(me.id, funds, key=f"localnet-stake-{me.id}-{len(gp.stakes())}")
+            todo = [s for s in gp.stakes() if s.held_micros < s.required_micros]
+            for s in todo:
+                gp.stake(s.device_id)
+        return len(todo)
+
+    def create_renter(self, name: str, funds: str = "100") -> str:
+        """A renter account funded through the faucet; returns its API key."""
+        with self.admin() as admin:
+            created = admin.create_account("renter", name)
+            admin.fund(created.id, funds, key=f"localnet-{created.id}")
+        return created.api_key
 
     def _alive_check(self, admin: Client) -> bool | None:
         assert self._coordinator is not None

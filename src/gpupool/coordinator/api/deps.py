@@ -16,8 +16,12 @@ from gpupool.domain.models import Account, Role
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth, SignedRequest
 from gpupool.services.challenges import Challenges
+from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.registry import Registry
+from gpupool.services.settlement import Settlement
+from gpupool.services.stake import Stakes
+from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
 
 
@@ -30,6 +34,10 @@ class Services:
     market: Market
     challenges: Challenges
     timelock: TimeLock
+    ledger: Ledger
+    settlement: Settlement
+    stakes: Stakes
+    tasks: Tasks
 
 
 def services(request: Request) -> Services:

@@ -272,3 +272,6 @@ mesh_rounds = sa.Table(
     sa.Column("lease_id", sa.String(32), primary_key=True),
     sa.Column("stepped_at", sa.Double, nullable=False),
 )
+
+# The ledger's tables live in their own module, on this metadata.
+from gpupool.coordinator.storage import ledger_tables as _ledger_tables  # noqa: E402, F401
