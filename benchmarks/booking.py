@@ -44,8 +44,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="gpupool-bench-") as tmp,
         LocalNetwork(Path(tmp), agents=args.agents) as net,
     ):
-        with net.admin() as admin:
-            key = admin.create_account("renter", "bench").api_key
+        key = net.create_renter("bench", funds="1000000")
         with Client(net.url, key) as gp:
             for _ in range(args.rounds):
                 booked = time.monotonic()

@@ -89,8 +89,7 @@ def main() -> None:
             Path(tmp), agents=3, heartbeat_seconds=1.0, cpu_group_size=os.cpu_count() or 1
         ) as net,
     ):
-        with net.admin() as admin:
-            key = admin.create_account("renter", "bench").api_key
+        key = net.create_renter("bench", funds="1000000")
         with Client(net.url, key) as gp:
             for i in range(args.rounds):
                 rounds.append(_round(gp))

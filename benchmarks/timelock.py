@@ -250,7 +250,7 @@ def bench_ingest(agents: int, devices: int, seconds: float, processes: int) -> d
         with net:
             with net.admin() as admin:
                 supplier = admin.create_account("supplier", "bench").api_key
-                renter = admin.create_account("renter", "bench").api_key
+            renter = net.create_renter("bench", funds="1000000")
             ctx = mp.get_context("fork")
             start, out = ctx.Event(), ctx.Queue()
             stop_at = ctx.Value("d", 0.0)
@@ -266,6 +266,7 @@ def bench_ingest(agents: int, devices: int, seconds: float, processes: int) -> d
             for p in procs:
                 p.start()
             net.wait_workers_up(agents, timeout=120)
+            net.stake_devices(supplier, funds="1000000")
             with Client(net.url, renter) as gp:
                 gp.create_cluster(
                     devices=agents * devices, kind="cpu", hours=1, max_price_per_hour="1"

@@ -23,6 +23,8 @@ from gpupool.testing import ManualClock
 
 ADMIN_KEY = "gpa_test-admin-key"
 HOUR = 100.0
+RENTER_FUNDS = "1000"
+SUPPLIER_FUNDS = "1000"
 
 
 @dataclass
@@ -35,13 +37,25 @@ class Api:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
-    def account(self, role: str, name: str = "someone") -> str:
+    def account(self, role: str, name: str = "someone", funds: str | None = RENTER_FUNDS) -> str:
+        """A new account's API key; renters start with `funds` from the faucet."""
         r = self.http.post(
             "/v1/accounts", json={"role": role, "name": name}, headers=self.admin_headers()
         )
         assert r.status_code == 201, r.text
         key: str = r.json()["api_key"]
+        if role == "renter" and funds is not None:
+            self.fund(r.json()["id"], funds)
         return key
+
+    def fund(self, account_id: str, amount: str) -> Any:
+        r = self.http.post(
+            "/v1/ledger/fund",
+            json={"account_id": account_id, "amount": amount},
+            headers=self.admin_headers(),
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
 
     def as_key(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
@@ -51,7 +65,7 @@ class Api:
         link = CoordinatorLink(
             "http://testserver", identity, supplier_key, clock=self.clock.now, http=self.http
         )
-        return AgentSim(self, identity, link)
+        return AgentSim(self, identity, link, supplier_key)
 
     def book(self, renter_key: str, **fields: Any) -> Any:
         body = {"devices": 1, "kind": "cpu", "hours": 1, "max_price_per_hour": "1", **fields}
@@ -70,7 +84,9 @@ class AgentSim:
     api: Api
     identity: Identity
     link: CoordinatorLink
+    supplier_key: str = ""
     solve_challenges: bool = True
+    stake: bool = True
 
     @property
     def worker_id(self) -> str:
@@ -103,7 +119,21 @@ class AgentSim:
         worker = self.link.register(WorkerRegister.model_validate(body))
         if self.solve_challenges:
             self.solve_pending()
+        if self.stake:
+            self.stake_devices(worker.devices)
         return worker
+
+    def stake_devices(self, devices: list[Any]) -> None:
+        """Fund the supplier through the faucet and stake each device (the pool's entry)."""
+        # the link holds the supplier's key when a test built this sim by hand
+        self.supplier_key = self.supplier_key or self.link._supplier_key
+        me = self.api.http.get("/v1/accounts/me", headers=self.api.as_key(self.supplier_key))
+        self.api.fund(me.json()["id"], SUPPLIER_FUNDS)
+        for d in devices:
+            r = self.api.http.post(
+                f"/v1/stakes/{d.id}", json={}, headers=self.api.as_key(self.supplier_key)
+            )
+            assert r.status_code == 201, r.text
 
     def solve_pending(self) -> list[Any]:
         """Answer every open capability challenge with the agent's real challenge code."""

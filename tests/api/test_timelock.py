@@ -39,6 +39,18 @@ class Seen:
         }
 
 
+def violation(api: Api) -> dict[str, Any]:
+    """A foreign process the guard killed 3 ms after it appeared, now."""
+    now = round(api.clock.now() * 1000)
+    return {
+        "pid": 999,
+        "exe": "/usr/bin/sleep",
+        "cmdline": "sleep 600",
+        "first_seen_ms": now,
+        "killed_at_ms": now + 3,
+    }
+
+
 @dataclass
 class Leased:
     sim: AgentSim
@@ -115,15 +127,8 @@ def test_a_violation_shows_in_the_certificate(
     api: Api, renter: str, sim: AgentSim, tmp_path: Path
 ) -> None:
     leased = _lease(api, renter, sim, tmp_path)
-    now = round(api.clock.now() * 1000)
-    violation = {
-        "pid": 999,
-        "exe": "/usr/bin/sleep",
-        "cmdline": "sleep 600",
-        "first_seen_ms": now,
-        "killed_at_ms": now + 3,
-    }
-    leased.recorder.record([Seen(leased.device_id, leased.lease_id, violations=[violation])])
+    seen = Seen(leased.device_id, leased.lease_id, violations=[violation(api)])
+    leased.recorder.record([seen])
     _run(api, leased, 30)
     body = _end(api, renter, leased)
     assert body["violations"] == 1

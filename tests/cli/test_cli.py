@@ -44,6 +44,7 @@ def test_help_imports_no_ray_nvml_or_database_driver() -> None:
         ["cluster", "list"],
         ["workers", "list", "--json"],
         ["cluster", "create", "--devices", "2", "--max-price", "1"],
+        ["cluster", "connect", "c-whatever", "--out", "/nonexistent/never-written.conf"],
     ],
 )
 def test_unreachable_coordinator_is_one_clear_line(args: list[str]) -> None:
@@ -93,3 +94,8 @@ def test_demo_ends_its_lease_and_prints_json_last(tmp_path: object) -> None:
     assert ray["nodes"] == 2 and ray["trial_nodes"] == 2  # one node per member, both worked
     assert ray["trials"] == 24
     assert 20.0 < ray["best_rmse_ms"] < 80.0  # RTT from distance on real data, in ms
+    ledger = summary["ledger"]
+    assert ledger["balanced"] is True and ledger["chain_ok"] is True
+    assert ledger["renter_paid_micros"] > 0
+    assert ledger["renter_paid_micros"] == ledger["earned_micros"] + ledger["refunded_micros"]
+    assert sum(ledger["suppliers_earned_micros"].values()) == ledger["earned_micros"]

@@ -45,8 +45,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 @pytest.fixture(scope="module")
 def renter(network: LocalNetwork) -> Iterator[Client]:
-    with network.admin() as admin:
-        key = admin.create_account("renter", "integration").api_key
+    key = network.create_renter("integration")
     with Client(network.url, key) as gp:
         yield gp
 

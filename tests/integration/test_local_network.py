@@ -149,8 +149,7 @@ def test_lease_ends_by_itself_at_t2(tmp_path: Path) -> None:
     with LocalNetwork(
         tmp_path, agents=1, hour_seconds=3.0, heartbeat_seconds=1.0, ray=False
     ) as net:
-        with net.admin() as admin:
-            key = admin.create_account("renter", "short").api_key
+        key = net.create_renter("short")
         with Client(net.url, key) as gp:
             cluster = gp.create_cluster(devices=1, kind="cpu", hours=1, max_price_per_hour="1")
             wait_state(gp, cluster.id, "ready")

@@ -43,8 +43,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 @pytest.fixture(scope="module")
 def renter_key(net: LocalNetwork) -> str:
-    with net.admin() as admin:
-        return admin.create_account("renter", "potl").api_key
+    return net.create_renter("potl")
 
 
 @pytest.fixture(scope="module")

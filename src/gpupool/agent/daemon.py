@@ -16,12 +16,14 @@ import gpupool
 from gpupool.agent.bandwidth import BandwidthMeter
 from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.mesh import MeshManager
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.prover import Prover
 from gpupool.agent.raynode import RayNodes
 from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
+from gpupool.agent.tasks import docker_available
 from gpupool.crypto.identity import Identity
 from gpupool.domain.leases import MemberState
 from gpupool.domain.models import DeviceSpec
@@ -51,6 +53,7 @@ class Agent:
         netprobe: NetProbe | None = None,
         bandwidth: BandwidthMeter | None = None,
         ray: RayNodes | None = None,
+        mesh: MeshManager | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -63,6 +66,7 @@ class Agent:
         self.netprobe = netprobe
         self.bandwidth = bandwidth
         self.ray = ray  # None: leases run without Ray (members are ready once sandboxed)
+        self.mesh = mesh
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -98,6 +102,13 @@ class Agent:
             log.warning("event=stray_sandbox_removed sandbox=%s", stray.path)
             stray.destroy()
         self.state.save()
+        if self.mesh is not None:
+            self.mesh.adopt(set(self.state.leases))
+
+    def overlay_address(self, lease_id: str) -> str | None:
+        """This worker's overlay IPv4 in the lease's mesh (bind lease services there), or
+        None where the mesh is off or not up yet (use the ordinary addresses then)."""
+        return self.mesh.overlay_address(lease_id) if self.mesh is not None else None
 
     def registration(self) -> w.WorkerRegister:
         s = self.settings
@@ -123,7 +134,7 @@ class Agent:
                 for d in self.devices
             ],
             agent_version=gpupool.__version__,
-            sandbox=self.sandboxes.kind,
+            sandbox=self.sandboxes.kind + ("+docker" if docker_available() else ""),
         )
 
     def register(self, stop: threading.Event) -> w.WorkerOut | None:
@@ -190,6 +201,8 @@ class Agent:
                 loop.join(timeout=1)
             if self.settings.teardown_on_exit:
                 self.teardown_all()
+            if self.mesh is not None:
+                self.mesh.close()
 
     def _poll_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -223,6 +236,8 @@ class Agent:
                     self._bring_up(assignment)
                 else:
                     self._report_ready(assignment)
+            if self.mesh is not None:
+                self.mesh.sync(set(self.running))
 
     def _bring_up(self, a: w.AssignmentOut) -> None:
         log.info("event=lease_start lease=%s devices=%s", a.lease_id, ",".join(a.local_devices))
@@ -310,4 +325,6 @@ class Agent:
         with self._lock:
             for lease_id in list(self.running):
                 self._tear_down(lease_id)
+            if self.mesh is not None:
+                self.mesh.sync(set(self.running))
             self._flush_releases()

@@ -6,6 +6,7 @@ includes the query string, so neither can be changed in flight.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from gpupool.crypto.identity import Identity
 from gpupool.crypto.requests import sign_request
 from gpupool.wire import models as w
 from gpupool.wire import ray as wr
+from gpupool.wire import tasks as wt
 
 
 class LinkError(Exception):
@@ -162,6 +164,21 @@ class CoordinatorLink:
         body = {"root": root, "compute_seconds": compute_seconds}
         data = self.call("POST", f"/v1/agent/challenges/{challenge_id}/answer", body)
         return w.ChallengeRowsOut.model_validate(data).rows
+
+    def tasks(self) -> list[wt.AgentRunOut]:
+        """Protocol-mode runs assigned to this worker."""
+        return [wt.AgentRunOut.model_validate(x) for x in self.call("GET", "/v1/agent/tasks")]
+
+    def task_result(
+        self, run_id: str, output: bytes | None, output_hash: str | None, error: str = ""
+    ) -> wt.RunOut:
+        body = {
+            "output_b64": base64.b64encode(output).decode() if output is not None else None,
+            "output_hash": output_hash,
+            "error": error[-2000:],
+        }
+        data = self.call("POST", f"/v1/agent/tasks/{run_id}/result", body)
+        return wt.RunOut.model_validate(data)
 
     def challenge_open(
         self, challenge_id: str, openings: list[dict[str, Any]]

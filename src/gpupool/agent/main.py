@@ -15,15 +15,16 @@ from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
 from gpupool.agent.guard import Guard
 from gpupool.agent.link import CoordinatorLink
+from gpupool.agent.mesh import MeshManager, local_address_towards
 from gpupool.agent.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.prover import Prover
-from gpupool.agent.raycmd import ordinary_address
 from gpupool.agent.raynode import RayNodes
 from gpupool.agent.recorder import ChainStore, Recorder
 from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, lock_state_dir
+from gpupool.agent.tasks import TaskRunner
 from gpupool.crypto.identity import load_or_create
 from gpupool.domain.models import DeviceKind
 from gpupool.domain.money import to_micros
@@ -72,6 +73,17 @@ def run_agent(settings: AgentSettings) -> None:
                 if settings.bandwidth_seconds
                 else None
             ),
+            mesh=(
+                MeshManager(
+                    link,
+                    identity.worker_id,
+                    settings.state_dir,
+                    settings.coordinator_url,
+                    settings.mesh_advertise,
+                )
+                if settings.mesh
+                else None
+            ),
         )
         if settings.ray:
             agent.ray = RayNodes(
@@ -79,7 +91,7 @@ def run_agent(settings: AgentSettings) -> None:
                 settings.state_dir,
                 devices,
                 identity.worker_id,
-                lambda: ordinary_address(settings.coordinator_url),
+                lambda: local_address_towards(settings.coordinator_url),
                 settings.ray_object_store_bytes,
             )
         recorder = Recorder(
@@ -98,6 +110,8 @@ def run_agent(settings: AgentSettings) -> None:
         )
         agent.prover = Prover(guard, recorder, devices, agent.snapshot)
         stop = threading.Event()
+        runner = TaskRunner(link, sandboxes, devices, identity.worker_id)
+        threading.Thread(target=runner.run, args=(stop,), name="tasks", daemon=True).start()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             log.info("event=agent_stopping signal=%s", signal.Signals(signum).name)

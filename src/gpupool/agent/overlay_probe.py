@@ -24,7 +24,10 @@ from gpupool.agent.wireguard import in_netns
 from gpupool.domain.mesh import PeerMap, direct_address
 
 INTERVAL = 1.0  # seconds between rounds
-TIMEOUT = 1.0  # seconds a probe waits for its answer
+# Seconds a probe waits for its answer: an answer later than this counts as lost. Well above
+# the RTT of any path a cluster should use, and short enough that the relay rule's two lost
+# rounds (FAILS_TO_RELAY) fit, with the map's propagation, in the 3 s the mesh promises.
+TIMEOUT = 0.6
 
 _RTT = re.compile(r"time[=<]([0-9.]+) ms")
 
@@ -49,7 +52,7 @@ def probe_round(
     targets: Mapping[str, str], *, netns: str | None = None, timeout: float = TIMEOUT
 ) -> dict[str, float | None]:
     """Ping every target once, all at the same time; id -> RTT ms, None when lost."""
-    wait = str(max(1, round(timeout)))
+    wait = f"{max(0.1, timeout):g}"  # iputils ping takes fractions of a second
     running = {
         who: subprocess.Popen(
             in_netns(netns, ["ping", "-n", "-c", "1", "-W", wait, address]),

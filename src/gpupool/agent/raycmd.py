@@ -16,7 +16,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -32,16 +31,6 @@ WORKER_PORTS = 64  # ports for Ray worker processes, per node
 WORKER_PORTS_FROM, WORKER_PORTS_TO = 10000, 32768 - WORKER_PORTS
 # AF_UNIX paths stop at 107 bytes; Ray puts sockets at <temp>/session_<stamp>_<pid>/sockets/...
 MAX_TEMP_DIR_CHARS = 40
-
-
-def ordinary_address(coordinator_url: str) -> str:
-    """The local address of this machine's route towards the coordinator (no packet is sent)."""
-    parts = urlsplit(coordinator_url)
-    host = parts.hostname or "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((socket.gethostbyname(host), parts.port or 80))
-        address: str = s.getsockname()[0]
-    return address
 
 
 def temp_dir_for(state_dir: Path, worker_id: str, lease_id: str) -> Path:

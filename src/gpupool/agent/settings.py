@@ -40,3 +40,8 @@ class AgentSettings:
     # Ray on every lease (docs/ray.md): on or off, and each node's object-store limit.
     ray: bool = True
     ray_object_store_bytes: int = 100 << 20
+    # The encrypted mesh: join each lease's WireGuard mesh (off, or on without root or the
+    # WireGuard tools, leases run without it), and the address peers reach this machine at
+    # (None: the local address used to reach the coordinator).
+    mesh: bool = True
+    mesh_advertise: str | None = None

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from gpupool.crypto.wgkeys import KeyPair
 from gpupool.domain.mesh import DIRECT_PREFIX, OVERLAY_NETWORK, PeerMap
 
 KEY_FILE = "wireguard.key"
@@ -61,31 +61,6 @@ class WireGuardError(Exception):
 
 
 # -- keys -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    private_key: str  # base64, as wg(8) takes it
-    public_key: str
-
-    @classmethod
-    def generate(cls) -> KeyPair:
-        return cls.from_private(X25519PrivateKey.generate())
-
-    @classmethod
-    def from_private(cls, key: X25519PrivateKey) -> KeyPair:
-        raw = key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return cls(base64.b64encode(raw).decode(), base64.b64encode(public).decode())
-
-    def __repr__(self) -> str:  # never print the private key
-        return f"KeyPair(public_key={self.public_key!r})"
 
 
 def load_or_create_key(state_dir: Path) -> KeyPair:
@@ -216,10 +191,15 @@ def remove_interface(name: str, netns: str | None = None) -> None:
     _forward_rule(netns, name, present=False)
 
 
-def leftover_interfaces(netns: str | None = None) -> list[str]:
-    """gpupool interfaces that exist now: wireguard-go sockets anywhere on the machine and
-    links in `netns`, so a restarted agent can re-adopt or remove them."""
-    names = {p.name.removesuffix(".sock") for p in SOCKET_DIR.glob(INTERFACE_PREFIX + "*.sock")}
+def leftover_interfaces(netns: str | None = None, *, sockets: bool = True) -> list[str]:
+    """gpupool interfaces that exist now: wireguard-go sockets anywhere on the machine
+    (unless `sockets` is False) and links in `netns`, so a restarted agent can re-adopt or
+    remove them."""
+    names = (
+        {p.name.removesuffix(".sock") for p in SOCKET_DIR.glob(INTERFACE_PREFIX + "*.sock")}
+        if sockets
+        else set()
+    )
     links = json.loads(_run(netns, "ip", "-j", "link", "show", check=False) or "[]")
     names |= {str(link["ifname"]) for link in links if link["ifname"].startswith(INTERFACE_PREFIX)}
     return sorted(names)

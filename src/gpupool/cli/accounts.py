@@ -31,7 +31,13 @@ AdminKeyFileOpt = Annotated[
 
 @app.command("create")
 def create(
-    role: Annotated[Role, typer.Option(help="renter books clusters; supplier runs agents.")],
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="renter books clusters and submits jobs; supplier runs agents; "
+            "validator re-runs a sample of jobs."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="A name to recognise the account by.")],
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     admin_key_file: AdminKeyFileOpt = None,

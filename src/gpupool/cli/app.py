@@ -11,7 +11,18 @@ import sys
 import typer
 
 from gpupool import __version__
-from gpupool.cli import accounts, bench, clusters, demo, jobs, proof, serve, workers
+from gpupool.cli import (
+    accounts,
+    bench,
+    clusters,
+    demo,
+    jobs,
+    ledger,
+    proof,
+    serve,
+    tasks,
+    workers,
+)
 from gpupool.cli.common import CliError, api_error_message, err
 from gpupool.client import ApiError
 
@@ -32,6 +43,11 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(proof.app, name="proof")
 app.add_typer(bench.app, name="bench")
 app.command("demo")(demo.demo)
+app.add_typer(ledger.app, name="ledger")
+app.command("balance")(ledger.balance)
+app.add_typer(tasks.stake_app, name="stake")
+app.add_typer(tasks.task_app, name="task")
+app.add_typer(tasks.validator_app, name="validator")
 
 
 def _print_version(value: bool) -> None:

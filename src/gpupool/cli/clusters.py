@@ -1,7 +1,9 @@
-"""`gpupool cluster`: book, list, show, extend and terminate clusters."""
+"""`gpupool cluster`: book, list, show, extend and terminate clusters, and connect to
+their mesh."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +23,8 @@ from gpupool.cli.common import (
     when,
 )
 from gpupool.client import Client
+from gpupool.client.wgconfig import BringUpError, bring_up, default_name, render, write_config
+from gpupool.crypto.wgkeys import KeyPair
 from gpupool.domain.models import DeviceKind, SecurityTier
 from gpupool.wire.models import ClusterOut
 from gpupool.wire.ray import ClusterRayOut
@@ -121,13 +125,18 @@ def create(
     ] = 0,
     wait: Annotated[bool, typer.Option(help="Wait until the cluster is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Run the command again with the same key: it books and pays once."),
+    ] = None,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     key: KeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Book a cluster of devices for whole hours."""
+    """Book a cluster of devices for whole hours (its full price moves into escrow)."""
     with client(coordinator, key) as gp:
         cluster = gp.create_cluster(
+            idempotency_key=idempotency_key,
             devices=devices,
             kind=kind.value,
             hours=hours,
@@ -232,3 +241,57 @@ def terminate(
         print_json(cluster)
     else:
         out.print(f"{cluster.id} is {cluster.state}")
+
+
+@app.command("connect")
+def connect(
+    cluster_id: str,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the WireGuard config (default gpcXXXX.conf)."),
+    ] = None,
+    up: Annotated[
+        bool, typer.Option("--up", help="Bring the interface up with wg-quick (needs root).")
+    ] = False,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    key: KeyOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Give this machine a peer entry in the cluster's private mesh.
+
+    A WireGuard key is made here (the private key never leaves this machine); the
+    coordinator adds its public key to every member's peer map. The config file is written
+    mode 0600; `--up` also brings it up.
+    """
+    pair = KeyPair.generate()
+    with client(coordinator, key) as gp:
+        peer_map = gp.mesh_connect(cluster_id, pair.public_key)
+    path = out_file or Path(f"{default_name(cluster_id)}.conf")
+    write_config(path, render(peer_map, pair))
+    interface = None
+    if up:
+        try:
+            interface = bring_up(path)
+        except BringUpError as exc:
+            raise CliError(f"{exc} (the config is in {path})") from exc
+    if json_out:
+        print_json(
+            {
+                "cluster_id": cluster_id,
+                "address": peer_map.address,
+                "config": str(path),
+                "interface": interface,
+                "peers": [
+                    {"worker_id": p.worker_id, "address": p.address, "endpoint": p.endpoint}
+                    for p in peer_map.peers
+                ],
+            }
+        )
+        return
+    out.print(f"this machine is {peer_map.address} in {cluster_id}'s mesh; config in {path}")
+    for p in peer_map.peers:
+        out.print(f"  {p.worker_id}  {p.address}  via {p.endpoint or '(no endpoint yet)'}")
+    if interface:
+        out.print(f"interface {interface} is up")
+    else:
+        out.print(f"bring it up with: wg-quick up {path.resolve()}")

@@ -134,4 +134,6 @@ def api_error_message(exc: ApiError) -> str:
     if exc.code == "insufficient_capacity" and exc.body.get("excluded_by"):
         parts = ", ".join(f"{k}: {v}" for k, v in exc.body["excluded_by"].items())
         extra = f"\n  devices ruled out by each constraint: {parts}"
+    if exc.code == "insufficient_funds" and "shortfall_micros" in exc.body:
+        extra = f"\n  short by {int(exc.body['shortfall_micros']) / 1_000_000:.6f}"
     return f"{exc.message} ({exc.status} {exc.code}){extra}"

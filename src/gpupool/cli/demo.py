@@ -24,6 +24,7 @@ from rich.console import Console
 
 from gpupool.cli.clusters import wait_for_state
 from gpupool.cli.common import err, out, print_json, table, when
+from gpupool.cli.ledger import settlement_summary, settlement_table
 from gpupool.cli.proof import summary as proof_summary
 from gpupool.cli.raydemo import run_rtt_search
 from gpupool.client import Client
@@ -70,8 +71,8 @@ def demo(
 
 
 def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str, Any]:
+    renter_key = net.create_renter("demo-renter")
     with net.admin() as admin:
-        renter_key = admin.create_account("renter", "demo-renter").api_key
         workers = admin.workers()
     say.print(
         table(
@@ -126,7 +127,11 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
     )
     for reason in cert.body.get("reasons", []):
         say.print(f"  - {reason}")
+    with net.admin() as admin:
+        ledger = settlement_summary(admin, cluster.lease_id, 60)
+    say.print(settlement_table(ledger))
     return {
+        "ledger": ledger,
         "cluster_id": cluster.id,
         "lease_id": cluster.lease_id,
         "lease_state": cluster.state.value,

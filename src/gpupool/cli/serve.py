@@ -78,6 +78,9 @@ def coordinator_serve(
     challenge_every: Annotated[
         float, typer.Option(min=0, help="Re-challenge idle devices this often (s; 0: never).")
     ] = 6 * 3600.0,
+    unstake_cooldown: Annotated[
+        float, typer.Option(min=0, help="Seconds between asking to unstake and the payout.")
+    ] = 7 * 24 * 3600.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the coordinator's /v1 API (migrating the database first)."""
@@ -108,6 +111,7 @@ def coordinator_serve(
         sample_interval_seconds=sample_interval,
         challenge_size=challenge_size,
         challenge_every_seconds=challenge_every,
+        unstake_cooldown_seconds=unstake_cooldown,
     )
     if created:
         err.print(f"created the coordinator's signing key in {state_dir / 'coordinator.key'}")
@@ -187,6 +191,20 @@ def agent_run(
     ray_object_store_mb: Annotated[
         int, typer.Option(min=75, help="Ray object-store limit per lease node, MiB.")
     ] = 100,
+    mesh: Annotated[
+        bool,
+        typer.Option(
+            "--mesh/--no-mesh",
+            help="Join each lease's WireGuard mesh (needs root and wireguard-tools).",
+        ),
+    ] = True,
+    mesh_advertise: Annotated[
+        str | None,
+        typer.Option(
+            help="Address mesh peers reach this machine at (default: the one used "
+            "to reach the coordinator)."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -228,6 +246,8 @@ def agent_run(
         bandwidth_seconds=bandwidth_interval or None,
         ray=ray,
         ray_object_store_bytes=ray_object_store_mb << 20,
+        mesh=mesh,
+        mesh_advertise=mesh_advertise,
     )
     try:
         run_agent(settings)

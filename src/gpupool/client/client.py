@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
 
+from gpupool.wire import ledger as wl
 from gpupool.wire import models as w
 from gpupool.wire import ray as r
+from gpupool.wire import tasks as wt
+from gpupool.wire.mesh import MeshMapOut
 
 
 class ApiError(Exception):
@@ -19,6 +23,10 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.body = body or {}
+
+
+def _idempotency(key: str | None) -> dict[str, str] | None:
+    return {"Idempotency-Key": key} if key else None
 
 
 class Client:
@@ -36,9 +44,16 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, json: Any = None, content: bytes | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> Any:
         try:
-            response = self._http.request(method, path, json=json, content=content)
+            response = self._http.request(method, path, json=json, headers=headers, content=content)
         except httpx.HTTPError as exc:
             raise ApiError(
                 0, "unreachable", f"cannot reach the coordinator at {self.base_url}: {exc}"
@@ -80,14 +95,16 @@ class Client:
     def workers(self) -> list[w.WorkerOut]:
         return [w.WorkerOut.model_validate(x) for x in self._call("GET", "/v1/workers")]
 
-    def create_cluster(self, **booking: Any) -> w.ClusterOut:
-        """Book a cluster; `booking` holds the fields of `wire.models.BookingIn` (None: unset)."""
+    def create_cluster(self, idempotency_key: str | None = None, **booking: Any) -> w.ClusterOut:
+        """Book a cluster; `booking` holds the fields of `wire.models.BookingIn` (None: unset).
+        A retry with the same `idempotency_key` returns the first booking and pays once."""
         body = {
             k: (str(v) if k == "max_price_per_hour" else v)
             for k, v in booking.items()
             if v is not None
         }
-        return w.ClusterOut.model_validate(self._call("POST", "/v1/clusters", body))
+        data = self._call("POST", "/v1/clusters", body, _idempotency(idempotency_key))
+        return w.ClusterOut.model_validate(data)
 
     def clusters(self) -> list[w.ClusterOut]:
         return [w.ClusterOut.model_validate(x) for x in self._call("GET", "/v1/clusters")]
@@ -95,8 +112,15 @@ class Client:
     def cluster(self, cluster_id: str) -> w.ClusterOut:
         return w.ClusterOut.model_validate(self._call("GET", f"/v1/clusters/{cluster_id}"))
 
-    def extend(self, cluster_id: str, hours: int) -> w.ClusterOut:
-        data = self._call("POST", f"/v1/clusters/{cluster_id}/extend", {"hours": hours})
+    def extend(
+        self, cluster_id: str, hours: int, idempotency_key: str | None = None
+    ) -> w.ClusterOut:
+        data = self._call(
+            "POST",
+            f"/v1/clusters/{cluster_id}/extend",
+            {"hours": hours},
+            _idempotency(idempotency_key),
+        )
         return w.ClusterOut.model_validate(data)
 
     def terminate(self, cluster_id: str) -> w.ClusterOut:
@@ -151,3 +175,74 @@ class Client:
     def stop_job(self, cluster_id: str, job_id: str) -> r.JobOut:
         data = self._call("POST", f"/v1/clusters/{cluster_id}/jobs/{job_id}/stop")
         return r.JobOut.model_validate(data)
+
+    # the mesh -----------------------------------------------------------------------------
+
+    def mesh_connect(self, cluster_id: str, public_key: str) -> MeshMapOut:
+        """Add this machine (its WireGuard public key) to the cluster's mesh."""
+        data = self._call(
+            "POST", f"/v1/clusters/{cluster_id}/mesh/connect", {"public_key": public_key}
+        )
+        return MeshMapOut.model_validate(data)
+
+    # the ledger ----------------------------------------------------------------------------
+
+    def fund(self, account_id: str, amount: str, key: str | None = None) -> wl.EntryOut:
+        """Mint `amount` into an account (admin key). A retry with the same `key` funds once."""
+        body: dict[str, Any] = {"account_id": account_id, "amount": str(amount)}
+        if key is not None:
+            body["key"] = key
+        return wl.EntryOut.model_validate(self._call("POST", "/v1/ledger/fund", body))
+
+    def balance(self) -> wl.BalanceOut:
+        return wl.BalanceOut.model_validate(self._call("GET", "/v1/ledger/balance"))
+
+    def ledger_entries(self, after: int = 0, limit: int = 100) -> list[wl.EntryOut]:
+        data = self._call("GET", f"/v1/ledger/entries?after={after}&limit={limit}")
+        return [wl.EntryOut.model_validate(x) for x in data]
+
+    def ledger_audit(self) -> wl.AuditOut:
+        return wl.AuditOut.model_validate(self._call("GET", "/v1/ledger/audit"))
+
+    def stakes(self) -> list[wl.StakeOut]:
+        return [wl.StakeOut.model_validate(x) for x in self._call("GET", "/v1/stakes")]
+
+    def stake(self, device_id: str, key: str | None = None) -> wl.EntryOut:
+        body = {"key": key} if key else {}
+        return wl.EntryOut.model_validate(self._call("POST", f"/v1/stakes/{device_id}", body))
+
+    def unstake(self, device_id: str) -> wl.StakeOut:
+        return wl.StakeOut.model_validate(self._call("DELETE", f"/v1/stakes/{device_id}"))
+
+    # protocol mode --------------------------------------------------------------------------
+
+    def submit_task(
+        self,
+        command: str,
+        data: bytes,
+        image: str | None = None,
+        tolerance: float | None = None,
+    ) -> wt.TaskOut:
+        body: dict[str, Any] = {"command": command, "input_b64": base64.b64encode(data).decode()}
+        if image is not None:
+            body["image"] = image
+        if tolerance is not None:
+            body["tolerance"] = tolerance
+        return wt.TaskOut.model_validate(self._call("POST", "/v1/tasks", body))
+
+    def tasks(self) -> list[wt.TaskOut]:
+        return [wt.TaskOut.model_validate(x) for x in self._call("GET", "/v1/tasks")]
+
+    def task(self, task_id: str) -> wt.TaskOut:
+        return wt.TaskOut.model_validate(self._call("GET", f"/v1/tasks/{task_id}"))
+
+    def validate(self, p: float) -> list[str]:
+        data = self._call("POST", "/v1/validations", {"p": p})
+        return wt.ValidateOut.model_validate(data).sampled
+
+    def validations(self, task_ids: list[str]) -> list[wt.TaskOut]:
+        data = self._call("GET", f"/v1/validations?ids={','.join(task_ids)}")
+        return [wt.TaskOut.model_validate(x) for x in data]
+
+    def settle(self, lease_id: str) -> wl.EntryOut:
+        return wl.EntryOut.model_validate(self._call("POST", f"/v1/ledger/settle/{lease_id}"))

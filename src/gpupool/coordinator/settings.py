@@ -30,3 +30,6 @@ class CoordinatorSettings:
     challenge_rows: int = 8
     challenge_every_seconds: float = 6 * 3600.0
     challenge_deadline_seconds: float = 300.0
+    # Ledger (docs/ledger.md): devices enter the pool only with their stake; unstaking waits.
+    require_stake: bool = True
+    unstake_cooldown_seconds: float = 7 * 24 * 3600.0

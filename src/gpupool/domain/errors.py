@@ -5,6 +5,7 @@
     ├── NotFound             no such thing, or not yours to see (HTTP 404)
     ├── Conflict             the thing exists but is in the wrong state (HTTP 409)
     │   └── InsufficientCapacity   too few devices match a booking (HTTP 409, with a Shortfall)
+    ├── InsufficientFunds    a move would overdraw an account (HTTP 402, with the shortfall)
     ├── Unauthorized         missing or bad credentials or signature (HTTP 401)
     └── Forbidden            authenticated, but not allowed (HTTP 403)
 
@@ -40,6 +41,10 @@ class Conflict(GpupoolError):
 
 class InsufficientCapacity(Conflict):
     code = "insufficient_capacity"
+
+
+class InsufficientFunds(GpupoolError):
+    code = "insufficient_funds"
 
 
 class Unauthorized(GpupoolError):

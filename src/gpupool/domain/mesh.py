@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from itertools import combinations
 
 from gpupool.domain.errors import Conflict
+from gpupool.domain.models import BookingRequest, Device, Shortfall
+from gpupool.domain.placement import Placed, Placement
 
 OVERLAY_NETWORK = ipaddress.IPv4Network("100.64.0.0/10")
 # A fixed ULA /96; the overlay IPv4 address fills its last 32 bits.
@@ -193,7 +195,8 @@ def peer_maps(
 # -- relays ---------------------------------------------------------------------------------
 
 FAILS_TO_RELAY = 2  # consecutive failed direct probes before a pair takes a relay
-RELAY_FACTOR = 0.5  # a relay path faster than half the direct RTT is taken at once
+RELAY_FACTOR = 0.5  # a relay path faster than half the direct RTT is taken at once...
+RELAY_MIN_GAIN_MS = 10.0  # ...when that saves at least this much: sub-ms RTTs are noise
 GOOD_TO_DIRECT = 5  # consecutive good direct probes before a relayed pair goes back
 
 # (prober, target) -> RTT in ms of the prober's latest direct probe of target; None = lost
@@ -219,13 +222,21 @@ def decide_path(state: PathState, seen: PathObservation) -> PathState:
     """One probe round for one pair.
 
     Direct -> relay after FAILS_TO_RELAY failed direct probes in a row, or at once when the
-    best relay is under RELAY_FACTOR of the direct RTT. Relay -> direct after GOOD_TO_DIRECT
-    good direct probes in a row, so a flapping path does not flap the routes. A relay that
+    best relay is under RELAY_FACTOR of the direct RTT and RELAY_MIN_GAIN_MS faster (on a
+    LAN, RTTs under a millisecond halve and double by scheduling noise alone). Relay ->
+    direct after GOOD_TO_DIRECT good direct probes in a row, so a flapping path does not
+    flap the routes. A relay that
     stops answering is left at once, for the best other relay or else for direct.
     """
     ok = seen.direct_rtt_ms is not None
     best = min(seen.relay_rtt_ms.items(), key=lambda kv: (kv[1], kv[0]), default=None)
-    faster = ok and best is not None and best[1] < (seen.direct_rtt_ms or 0.0) * RELAY_FACTOR
+    direct = seen.direct_rtt_ms or 0.0
+    faster = (
+        ok
+        and best is not None
+        and best[1] < direct * RELAY_FACTOR
+        and direct - best[1] >= RELAY_MIN_GAIN_MS
+    )
     good = ok and not faster
     now = replace(
         state,
@@ -310,3 +321,37 @@ def _relayed_leg(states: Mapping[Pair, PathState]) -> tuple[Pair, Pair] | None:
 def relay_decisions(states: Mapping[Pair, PathState]) -> dict[Pair, str]:
     """The `relays` argument of `peer_maps`."""
     return {p: s.relay for p, s in states.items() if s.relay is not None}
+
+
+# -- placement ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApartFromOpenLeases:
+    """A placement that never puts two workers together into a second open lease.
+
+    A worker has one overlay address and one interface per lease in its namespace. If
+    workers a and x shared two open leases, a's two interfaces would both route x's /32
+    and one of them would lose. So a multi-worker placement whose workers include a pair
+    that already shares an open lease is placed again without the worker of that pair that
+    holds fewer of the chosen devices; each retry drops a worker, so it ends. A lease on a
+    single worker has no peers and never conflicts.
+    """
+
+    inner: Placement
+    open_leases: Sequence[frozenset[str]]  # the worker ids of each open lease
+
+    def place(self, request: BookingRequest, candidates: Sequence[Device]) -> Placed | Shortfall:
+        shared = {p for group in self.open_leases for p in combinations(sorted(group), 2)}
+        pool = list(candidates)
+        while True:
+            placed = self.inner.place(request, pool)
+            if isinstance(placed, Shortfall):
+                return placed
+            workers = sorted({d.worker_id for d in placed.devices})
+            clash = next((p for p in combinations(workers, 2) if p in shared), None)
+            if clash is None:
+                return placed
+            chosen = [d.worker_id for d in placed.devices]
+            drop = min(clash, key=lambda w: (chosen.count(w), w))
+            pool = [d for d in pool if d.worker_id != drop]

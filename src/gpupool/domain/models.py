@@ -15,6 +15,7 @@ from gpupool.domain.coordinates import Coordinate
 class Role(StrEnum):
     RENTER = "renter"
     SUPPLIER = "supplier"
+    VALIDATOR = "validator"
 
 
 class DeviceKind(StrEnum):

@@ -87,6 +87,16 @@ class LocalNetwork:
     admin_key: str = field(default_factory=lambda: new_api_key("admin"), repr=False)
     port: int = 0
     supplier_keys: list[str] = field(default_factory=list, repr=False)
+    # Join each lease's WireGuard mesh. Off by default: agents sharing one namespace would
+    # route each other's overlay addresses through several interfaces of that namespace.
+    mesh: bool = False
+    # Network namespaces (mesh tests): argv prefixes that run the coordinator and each agent
+    # inside one, where the coordinator listens, and the URL agents use to reach it. `port`
+    # is then where the test process reaches the coordinator (a forwarder's port).
+    coordinator_prefix: list[str] = field(default_factory=list)
+    coordinator_listen: str | None = None
+    agent_url: str | None = None
+    agent_prefixes: dict[int, list[str]] = field(default_factory=dict)
     _coordinator: Proc | None = None
     _agents: dict[int, Proc] = field(default_factory=dict)
 
@@ -101,11 +111,17 @@ class LocalNetwork:
     def admin(self) -> Client:
         return Client(self.url, self.admin_key)
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
         popen = subprocess.Popen(
-            [self.python, "-m", "gpupool", *args],
+            [*(prefix or []), self.python, "-m", "gpupool", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -132,7 +148,7 @@ class LocalNetwork:
         db_url = self.db_url or f"sqlite:///{self.state_dir / 'coordinator.db'}"
         options = {
             "--db": db_url,
-            "--listen": f"127.0.0.1:{self.port}",
+            "--listen": self.coordinator_listen or f"127.0.0.1:{self.port}",
             "--admin-key-file": str(key_file),
             "--hour-seconds": str(self.hour_seconds),
             "--heartbeat-seconds": str(self.heartbeat_seconds),
@@ -141,7 +157,11 @@ class LocalNetwork:
             "--sample-interval": str(self.sample_interval),
             "--challenge-size": str(self.challenge_size),
         }
-        self._coordinator = self._spawn("coordinator", ["coordinator", "serve", *_flat(options)])
+        self._coordinator = self._spawn(
+            "coordinator",
+            ["coordinator", "serve", *_flat(options)],
+            prefix=self.coordinator_prefix,
+        )
         on_step(f"coordinator starting on {self.url} (SQLite in {self.state_dir})")
         with self.admin() as admin:
             wait_for("the coordinator to answer", lambda: self._alive_check(admin), 60)
@@ -152,6 +172,27 @@ class LocalNetwork:
             self.start_agent(i)
         on_step(f"{self.agents} agents starting (CPU devices: this machine has no GPU)")
         self.wait_workers_up(self.agents)
+        staked = sum(self.stake_devices(key) for key in self.supplier_keys)
+        if staked:
+            on_step(f"suppliers staked {staked} devices (docs/ledger.md)")
+
+    def stake_devices(self, supplier_key: str, funds: str = "1000") -> int:
+        """Fund a supplier through the faucet and stake each of its devices that is not
+        staked yet, so they enter the pool; returns how many were staked."""
+        with Client(self.url, supplier_key) as gp, self.admin() as admin:
+            me = gp.me()
+            admin.fund(me.id, funds, key=f"localnet-stake-{me.id}-{len(gp.stakes())}")
+            todo = [s for s in gp.stakes() if s.held_micros < s.required_micros]
+            for s in todo:
+                gp.stake(s.device_id)
+        return len(todo)
+
+    def create_renter(self, name: str, funds: str = "100") -> str:
+        """A renter account funded through the faucet; returns its API key."""
+        with self.admin() as admin:
+            created = admin.create_account("renter", name)
+            admin.fund(created.id, funds, key=f"localnet-{created.id}")
+        return created.api_key
 
     def _alive_check(self, admin: Client) -> bool | None:
         assert self._coordinator is not None
@@ -166,7 +207,7 @@ class LocalNetwork:
         """Start agent `index` (again); a restarted agent keeps its state folder."""
         region, lat, lon = SITES[index % len(SITES)]
         options = {
-            "--coordinator": self.url,
+            "--coordinator": self.agent_url or self.url,
             "--state-dir": str(self.agent_dir(index)),
             "--region": region,
             "--latitude": str(lat),
@@ -181,8 +222,12 @@ class LocalNetwork:
             args.append("--teardown-on-exit")
         if not self.ray:
             args.append("--no-ray")
+        args.append("--mesh" if self.mesh else "--no-mesh")
         self._agents[index] = self._spawn(
-            f"agent-{index + 1}", args, env={"GPUPOOL_KEY": self.supplier_keys[index]}
+            f"agent-{index + 1}",
+            args,
+            env={"GPUPOOL_KEY": self.supplier_keys[index]},
+            prefix=self.agent_prefixes.get(index),
         )
 
     def wait_workers_up(self, count: int, timeout: float = 60) -> None:

@@ -17,9 +17,11 @@ from dataclasses import replace
 from gpupool.domain.challenge import pick_rows, throughput_verdict
 from gpupool.domain.errors import Conflict, NotFound
 from gpupool.domain.models import DeviceKind, DeviceStatus
+from gpupool.domain.stake import SlashReason
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
 from gpupool.services.ids import new_id
 from gpupool.services.ports import ChallengeRecord, Clock, Database, Transaction
+from gpupool.services.stake import slash
 
 OPEN_STATES = ("issued", "answered")
 B_SEEDS = 4  # B matrices kept materialised; A is fresh for every challenge
@@ -181,4 +183,7 @@ class Challenges:
         tx.workers.set_verification(
             c.device_id, verified=state == "passed", at=now, status=fate, flops=flops
         )
+        if state == "wrong":  # fraud: the device's stake pays (docs/ledger.md)
+            device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
+            slash(tx, device, SlashReason.WRONG_ANSWER, f"slash:challenge:{c.id}", now)
         return done

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from gpupool.domain import leases as rules
+from gpupool.domain import ledger
 from gpupool.domain.errors import Conflict, Forbidden, InsufficientCapacity, NotFound
 from gpupool.domain.leases import (
     ACTIVE_STATES,
@@ -20,6 +21,7 @@ from gpupool.domain.leases import (
     Member,
     MemberState,
 )
+from gpupool.domain.mesh import ApartFromOpenLeases
 from gpupool.domain.models import (
     Account,
     BookingRequest,
@@ -30,7 +32,9 @@ from gpupool.domain.models import (
 )
 from gpupool.domain.placement import Placement
 from gpupool.services.ids import new_id
+from gpupool.services.ledger import post
 from gpupool.services.ports import Clock, Database, Transaction
+from gpupool.services.stake import in_pool
 
 BOOKING_ATTEMPTS = 3
 
@@ -47,6 +51,13 @@ class _LostRace(Exception):
     """Another booking claimed one of the chosen devices first."""
 
 
+class _Duplicate(Exception):
+    """A concurrent request with the same idempotency key booked first."""
+
+    def __init__(self, lease_id: str) -> None:
+        self.lease_id = lease_id
+
+
 class Market:
     def __init__(
         self,
@@ -55,34 +66,60 @@ class Market:
         placement: Placement,
         hour_seconds: float = 3600.0,
         provision_deadline: float = 300.0,
+        *,
+        require_stake: bool = True,
     ) -> None:
         self._db = db
         self._clock = clock
         self._placement = placement
         self.hour_seconds = hour_seconds
         self.provision_deadline = provision_deadline
+        self.require_stake = require_stake
 
     # renters' commands -------------------------------------------------------------
 
-    def book(self, renter: Account, request: BookingRequest) -> ClusterView:
+    def book(
+        self, renter: Account, request: BookingRequest, idempotency_key: str | None = None
+    ) -> ClusterView:
+        """Book a cluster. With an idempotency key, a retry of the same request (or a
+        concurrent duplicate) gets the first booking back and pays nothing more."""
         _require_renter(renter)
+        key = f"book:{renter.id}:{idempotency_key}" if idempotency_key else None
         for _ in range(BOOKING_ATTEMPTS):
             try:
-                return self._try_book(renter, request)
+                if key is not None and (booked := self._booked(key)) is not None:
+                    return booked
+                return self._try_book(renter, request, key)
             except _LostRace:
                 continue
+            except _Duplicate as duplicate:
+                with self._db.transaction() as tx:
+                    return _view(tx, _cluster_of(tx, duplicate.lease_id))
         raise Conflict("the matching devices were taken by concurrent bookings; try again")
 
-    def _try_book(self, renter: Account, request: BookingRequest) -> ClusterView:
+    def _booked(self, key: str) -> ClusterView | None:
+        with self._db.transaction() as tx:
+            entry = tx.ledger.entry(key)
+            if entry is None:
+                return None
+            return _view(tx, _cluster_of(tx, str(entry.move.memo["lease"])))
+
+    def _try_book(
+        self, renter: Account, request: BookingRequest, key: str | None = None
+    ) -> ClusterView:
         now = self._clock.now()
         with self._db.transaction() as tx:
-            placed = self._placement.place(request, tx.workers.devices())
+            devices = tx.workers.devices()
+            pool = in_pool(tx, devices) if self.require_stake else devices
+            placement = ApartFromOpenLeases(self._placement, _open_lease_workers(tx))
+            placed = placement.place(request, pool)
             if isinstance(placed, Shortfall):
+                unstaked = {"stake": len(devices) - len(pool)}
                 raise InsufficientCapacity(
                     "too few devices match this booking: " + placed.describe(),
                     requested=placed.requested,
                     matching=placed.matching,
-                    excluded_by={k: v for k, v in placed.excluded_by.items() if v},
+                    excluded_by={k: v for k, v in (placed.excluded_by | unstaked).items() if v},
                 )
             suffix = new_id("x")[2:]
             cluster = Cluster("c-" + suffix, renter.id, request, now, placed.predicted_diameter_ms)
@@ -106,6 +143,19 @@ class Market:
             tx.leases.add(cluster, lease, members)
             if not tx.leases.claim_devices(lease.id, [d.id for d in placed.devices]):
                 raise _LostRace
+            # The full price into escrow, or (402) no booking at all: same transaction.
+            prices = {d.id: d.spec.price_micros_per_hour for d in placed.devices}
+            escrow = ledger.escrow_moves(
+                ledger.MoveKind.ESCROW,
+                key or f"escrow:{lease.id}",
+                renter.id,
+                lease.id,
+                prices,
+                lease.hours,
+            )
+            posted = post(tx, escrow, now)
+            if not posted.fresh:  # a duplicate with this key won meanwhile: roll ours back
+                raise _Duplicate(str(posted.entry.move.memo["lease"]))
             tx.leases.add_event(lease.id, now, LeaseState.PENDING, "booked")
             tx.workers.bump_lease_version(sorted({d.worker_id for d in placed.devices}))
             return _view(tx, cluster)
@@ -119,12 +169,21 @@ class Market:
         with self._db.transaction() as tx:
             return [_view(tx, c) for c in tx.leases.clusters(renter.id)]
 
-    def extend(self, renter: Account, cluster_id: str, hours: int) -> ClusterView:
+    def extend(
+        self, renter: Account, cluster_id: str, hours: int, idempotency_key: str | None = None
+    ) -> ClusterView:
+        """Extend by `hours`; with an idempotency key, a retry extends (and pays) once."""
         with self._db.transaction() as tx:
             cluster = own_cluster(tx, renter, cluster_id)
             lease = _locked_lease(tx, cluster.id)
+            key = f"extend:{lease.id}:{lease.hours + hours}"
+            if idempotency_key:
+                key = f"extend:{renter.id}:{idempotency_key}"
+                if tx.ledger.entry(key) is not None:  # the lease is locked: no race
+                    return _view(tx, cluster)
             t2 = rules.extend(lease.state, lease.t2, hours, self.hour_seconds)
             now = self._clock.now()
+            _escrow_extension(tx, lease, hours, now, key)
             tx.leases.save_lease(replace(lease, t2=t2, hours=lease.hours + hours, updated_at=now))
             tx.leases.add_event(lease.id, now, lease.state, f"extended by {hours} h")
             tx.workers.bump_lease_version(_worker_ids(tx, lease.id))
@@ -250,6 +309,19 @@ _SETTLED_NOTES = {
 }
 
 
+def _escrow_extension(tx: Transaction, lease: Lease, hours: int, now: float, key: str) -> None:
+    """Each device's booked price x the added hours into its escrow (the price a device
+    was booked at is what its escrow holds per booked hour)."""
+    held = tx.ledger.balances_like(ledger.escrow_prefix(lease.id))
+    prefix = ledger.escrow_prefix(lease.id)
+    prices = {a.removeprefix(prefix): v // lease.hours for a, v in held.items() if v}
+    if prices:
+        move = ledger.escrow_moves(
+            ledger.MoveKind.EXTEND, key, lease.renter_id, lease.id, prices, hours
+        )
+        post(tx, move, now)
+
+
 def _worker_up(tx: Transaction, worker_id: str) -> bool:
     worker = tx.workers.get(worker_id)
     return worker is not None and worker.status is WorkerStatus.UP
@@ -268,10 +340,23 @@ def own_cluster(tx: Transaction, renter: Account, cluster_id: str) -> Cluster:
     return cluster
 
 
+def _cluster_of(tx: Transaction, lease_id: str) -> Cluster:
+    lease = tx.leases.lease(lease_id)
+    cluster = tx.leases.cluster(lease.cluster_id) if lease else None
+    assert cluster is not None
+    return cluster
+
+
 def _locked_lease(tx: Transaction, cluster_id: str) -> Lease:
     lease = tx.leases.lease_for_update(tx.leases.lease_of_cluster(cluster_id).id)
     assert lease is not None
     return lease
+
+
+def _open_lease_workers(tx: Transaction) -> list[frozenset[str]]:
+    """The workers of each lease whose mesh interfaces may still be up (docs/mesh.md)."""
+    open_leases = tx.leases.leases_in(ACTIVE_STATES | {LeaseState.ENDING})
+    return [frozenset(_worker_ids(tx, lease.id)) for lease in open_leases]
 
 
 def _worker_ids(tx: Transaction, lease_id: str) -> list[str]:

@@ -15,8 +15,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpupool.crypto.ledger import Entry
 from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
+from gpupool.domain.mesh import PathState
 from gpupool.domain.models import (
     Account,
     Cluster,
@@ -259,6 +261,180 @@ class RayRepo(Protocol):
     def nodes(self, lease_id: str) -> list[RayNodeRecord]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class MeshNode:
+    """An overlay address with the WireGuard key that owns it (a worker or a renter's
+    client of one cluster)."""
+
+    id: str
+    kind: str  # worker | client
+    address: str
+    public_key: str
+    cluster_id: str | None = None
+
+
+class MeshRepo(Protocol):
+    def node(self, node_id: str) -> MeshNode | None: ...
+    def nodes(self, node_ids: Collection[str]) -> list[MeshNode]: ...
+    def node_with_key(self, public_key: str) -> MeshNode | None: ...
+    def addresses(self) -> list[str]:
+        """Every overlay address ever allocated."""
+        ...
+
+    def add_node(self, node: MeshNode, at: float) -> bool:
+        """Insert; False when the address or key is taken meanwhile (nothing changes)."""
+        ...
+
+    def set_key(self, node_id: str, public_key: str, at: float) -> None: ...
+    def endpoints(self, lease_id: str) -> dict[str, str]: ...
+    def set_endpoint(self, lease_id: str, worker_id: str, endpoint: str, at: float) -> None: ...
+    def set_probes(
+        self, lease_id: str, prober: str, rtts: dict[str, float | None], at: float
+    ) -> None: ...
+    def probes(self, lease_id: str, since: float) -> dict[tuple[str, str], float | None]: ...
+    def paths(self, lease_id: str) -> dict[tuple[str, str], PathState]: ...
+    def save_paths(self, lease_id: str, states: dict[tuple[str, str], PathState]) -> None: ...
+    def lock_round(self, lease_id: str) -> float:
+        """Lock the lease's relay round until the transaction ends; when it last ran (0:
+        never)."""
+        ...
+
+    def set_round(self, lease_id: str, at: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StakeRecord:
+    device_id: str
+    supplier_id: str
+    worker_id: str
+    staked_at: float
+    unstake_at: float | None
+
+
+class LedgerRepo(Protocol):
+    """The journal, balances, stakes and slashes (docs/ledger.md)."""
+
+    def lock_head(self) -> tuple[int, str]:
+        """The last entry's (seq, hash), locked until the transaction ends: moves are
+        appended one at a time."""
+        ...
+
+    def entry(self, key: str) -> Entry | None: ...
+    def append(self, entry: Entry, balances: dict[str, int]) -> None:
+        """Store the entry, its postings and the new balances, and move the head to it."""
+        ...
+
+    def balances(self, accounts: Collection[str]) -> dict[str, int]: ...
+    def balances_like(self, prefix: str) -> dict[str, int]:
+        """Every account whose name starts with `prefix`, with its balance."""
+        ...
+
+    def entries(
+        self, *, after: int = 0, limit: int | None = None, accounts: Collection[str] = ()
+    ) -> list[Entry]:
+        """Entries in order; with `accounts`, only those posting to one of them."""
+        ...
+
+    def unsettled_leases(self, states: Collection[str]) -> list[str]:
+        """Leases in `states` that have a certificate and no settlement entry."""
+        ...
+
+    def stake(self, device_id: str) -> StakeRecord | None: ...
+    def stakes(self, supplier_id: str | None = None) -> list[StakeRecord]: ...
+    def save_stake(self, record: StakeRecord) -> None: ...
+    def drop_stake(self, device_id: str) -> None: ...
+    def add_slash(
+        self,
+        key: str,
+        worker_id: str,
+        device_id: str,
+        reason: str,
+        fraud: bool,
+        amount: int,
+        at: float,
+    ) -> None: ...
+    def fraud_count(self, worker_id: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    renter_id: str
+    command: str
+    image: str | None
+    input: bytes
+    input_hash: str
+    tolerance: float | None
+    state: str  # queued, done, failed
+    validation: str  # none, sampled, confirmed, caught, no-majority
+    validator_id: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    task_id: str
+    purpose: str  # job, check, third
+    device_id: str | None
+    worker_id: str | None
+    supplier_id: str | None
+    state: str  # waiting, assigned, done, failed
+    output: bytes | None
+    output_hash: str | None
+    error: str
+    created_at: float
+    finished_at: float | None
+
+
+class TaskRepo(Protocol):
+    """Protocol-mode jobs and their runs."""
+
+    def add_task(self, task: TaskRecord) -> None: ...
+    def task(self, task_id: str) -> TaskRecord | None: ...
+    def tasks_of(self, renter_id: str) -> list[TaskRecord]: ...
+    def tasks_by_id(self, task_ids: Sequence[str]) -> list[TaskRecord]: ...
+    def set_task(
+        self, task_id: str, *, state: str, validation: str, validator_id: str | None
+    ) -> None: ...
+    def unvalidated(self) -> list[str]:
+        """Done tasks no validator has sampled yet, oldest first."""
+        ...
+
+    def claim_validation(self, task_id: str, validation: str, validator_id: str | None) -> bool:
+        """Mark a done, unsampled task; False if another validator got to it first."""
+        ...
+
+    def overdue_runs(self, before: float) -> list[RunRecord]:
+        """Runs assigned before `before` and still without a result."""
+        ...
+
+    def add_run(self, run: RunRecord) -> None: ...
+    def run(self, run_id: str) -> RunRecord | None: ...
+    def runs(self, task_id: str) -> list[RunRecord]: ...
+    def waiting_runs(self) -> list[RunRecord]: ...
+    def assign_run(
+        self, run_id: str, device_id: str, worker_id: str, supplier_id: str, at: float
+    ) -> None: ...
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        state: str,
+        output: bytes | None,
+        output_hash: str | None,
+        error: str,
+        at: float,
+    ) -> bool:
+        """Record an assigned run's result; False if it was not assigned (a resend)."""
+        ...
+
+    def assigned_runs(self, worker_id: str) -> list[RunRecord]: ...
+    def load(self) -> dict[str, int]:
+        """Assigned runs per device."""
+        ...
+
+
 class Transaction(Protocol):
     @property
     def accounts(self) -> AccountRepo: ...
@@ -272,6 +448,12 @@ class Transaction(Protocol):
     def proofs(self) -> ProofRepo: ...
     @property
     def ray(self) -> RayRepo: ...
+    @property
+    def mesh(self) -> MeshRepo: ...
+    @property
+    def ledger(self) -> LedgerRepo: ...
+    @property
+    def tasks(self) -> TaskRepo: ...
 
 
 class Database(Protocol):

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -167,6 +168,31 @@ class TestNetwork:
         if not line.startswith("listening "):
             raise RuntimeError(f"delay relay did not start: {line!r}")
         return line.removeprefix("listening ")
+
+    def expose(self, name: str, port: int) -> str:
+        """Make `name`'s TCP `port` reachable from the caller's namespace; "127.0.0.1:P".
+
+        A forwarder (gpupool.testing.tcp_forward) runs inside the host's namespace on a
+        listening socket made here, so the test process can talk to a server in the host
+        (a coordinator) while agents in other hosts reach it over the test network.
+        """
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        fd = listener.fileno()
+        argv = [sys.executable, "-m", "gpupool.testing.tcp_forward", "--fd", str(fd),
+                "--target", f"{self.host(name).address}:{port}"]  # fmt: skip
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.host(name).netns, *argv],
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            pass_fds=[fd],
+        )
+        self._spawned.append(process)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        listener.close()  # the forwarder holds its own copy
+        return address
 
     # -- cleanup --------------------------------------------------------------------------
 

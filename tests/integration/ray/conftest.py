@@ -64,8 +64,19 @@ class RayNet:
         return self.state_dir / f"agent-{name}"
 
     def renter(self, name: str) -> Client:
+        """A renter with money in its account (bookings escrow their price)."""
         with self.admin() as admin:
-            return Client(self.url, admin.create_account("renter", name).api_key)
+            created = admin.create_account("renter", name)
+            admin.fund(created.id, "1000", key=f"raynet-{created.id}")
+        return Client(self.url, created.api_key)
+
+    def stake(self, supplier_key: str) -> None:
+        """Fund a supplier and stake its devices, so they enter the pool."""
+        with Client(self.url, supplier_key) as gp, self.admin() as admin:
+            admin.fund(gp.me().id, "1000", key=f"raynet-stake-{gp.me().id}")
+            for s in gp.stakes():
+                if s.held_micros < s.required_micros:
+                    gp.stake(s.device_id)
 
     def spawn(self, name: str, host: str, args: list[str], env: dict[str, str]) -> None:
         log = (self.state_dir / f"{name}.log").open("ab")
@@ -111,6 +122,7 @@ class RayNet:
                 "--guard-allow-cgroup",
                 "/gpupool-",
                 "--teardown-on-exit",
+                "--no-mesh",  # Ray binds to ordinary addresses on this branch (docs/ray.md)
             ],
             {"GPUPOOL_KEY": self.supplier_keys[name]},
         )
@@ -189,6 +201,8 @@ def raynet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNet]:
                 return True if len(workers) == len(AGENTS) and verified else None
 
             wait_for("three agents up with verified devices", all_up, 120)
+            for key in keys:
+                rn.stake(key)
             yield rn
         finally:
             rn.stop()

@@ -17,6 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 import gpupool
 from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, ray, workers
+from gpupool.coordinator.api import ledger as ledger_api
+from gpupool.coordinator.api import mesh as mesh_api
+from gpupool.coordinator.api import stakes as stakes_api
+from gpupool.coordinator.api import tasks as tasks_api
 from gpupool.coordinator.api.deps import Services
 from gpupool.coordinator.api.limits import BodyLimit
 from gpupool.coordinator.settings import CoordinatorSettings
@@ -27,10 +31,15 @@ from gpupool.domain.placement import Placement
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth
 from gpupool.services.challenges import Challenges
+from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
+from gpupool.services.mesh import Mesh
 from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.raycluster import RayClusters
 from gpupool.services.registry import Registry
+from gpupool.services.settlement import Settlement
+from gpupool.services.stake import Stakes
+from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
 
 log = logging.getLogger("gpupool.coordinator")
@@ -50,6 +59,7 @@ def build_services(
             placement or LatencyAware(),
             settings.hour_seconds,
             settings.provision_deadline_seconds,
+            require_stake=settings.require_stake,
         ),
         challenges=Challenges(
             db,
@@ -67,6 +77,10 @@ def build_services(
             interval_seconds=settings.sample_interval_seconds,
         ),
         ray=RayClusters(db, clock),
+        ledger=Ledger(db, clock),
+        settlement=Settlement(db, clock, settings.hour_seconds),
+        stakes=Stakes(db, clock, settings.unstake_cooldown_seconds),
+        tasks=Tasks(db, clock),
     )
 
 
@@ -85,6 +99,10 @@ def tick(svc: Services) -> None:
     certified = svc.timelock.certify_due()
     if certified:
         log.info("event=certified leases=%s", ",".join(certified))
+    svc.tasks.assign_pending()
+    settled = svc.settlement.settle_due()
+    if settled:
+        log.info("event=settled leases=%s", ",".join(settled))
     svc.auth.forget_old_nonces()
 
 
@@ -125,10 +143,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = svc
+    app.state.mesh = Mesh(db, clock or SystemClock())
     errors.install(app)
     for module in (accounts, agents, bandwidth, clusters, ray, workers):
         app.include_router(module.router)
     app.include_router(ray.agent_router)
+    app.include_router(mesh_api.agent_router)
+    app.include_router(mesh_api.renter_router)
+    app.include_router(ledger_api.router)
+    app.include_router(stakes_api.router)
+    app.include_router(tasks_api.router)
 
     @app.get("/v1/health", tags=["meta"])
     async def health() -> dict[str, str]:

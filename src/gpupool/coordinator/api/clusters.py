@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api import convert
@@ -13,6 +15,16 @@ from gpupool.services.timelock import SignedCertificate
 from gpupool.wire import models as w
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=120,
+        description="A retry with the same key returns the first result and pays once.",
+    ),
+]
 
 
 def booking(body: w.BookingIn) -> BookingRequest:
@@ -31,8 +43,12 @@ def booking(body: w.BookingIn) -> BookingRequest:
 
 
 @router.post("", status_code=201)
-async def book(body: w.BookingIn, renter: RenterDep, svc: ServicesDep) -> w.ClusterOut:
-    return convert.cluster(await run_in_threadpool(svc.market.book, renter, booking(body)))
+async def book(
+    body: w.BookingIn, renter: RenterDep, svc: ServicesDep, idempotency_key: IdempotencyKey = None
+) -> w.ClusterOut:
+    """Book a cluster; its full price moves into escrow (402 with the shortfall if short)."""
+    view = await run_in_threadpool(svc.market.book, renter, booking(body), idempotency_key)
+    return convert.cluster(view)
 
 
 @router.get("")
@@ -47,9 +63,15 @@ async def show(cluster_id: str, renter: RenterDep, svc: ServicesDep) -> w.Cluste
 
 @router.post("/{cluster_id}/extend")
 async def extend(
-    cluster_id: str, body: w.ExtendIn, renter: RenterDep, svc: ServicesDep
+    cluster_id: str,
+    body: w.ExtendIn,
+    renter: RenterDep,
+    svc: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> w.ClusterOut:
-    view = await run_in_threadpool(svc.market.extend, renter, cluster_id, body.hours)
+    view = await run_in_threadpool(
+        svc.market.extend, renter, cluster_id, body.hours, idempotency_key
+    )
     return convert.cluster(view)
 
 

@@ -16,9 +16,13 @@ from gpupool.domain.models import Account, Role
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth, SignedRequest
 from gpupool.services.challenges import Challenges
+from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.raycluster import RayClusters
 from gpupool.services.registry import Registry
+from gpupool.services.settlement import Settlement
+from gpupool.services.stake import Stakes
+from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
 
 
@@ -32,6 +36,10 @@ class Services:
     challenges: Challenges
     timelock: TimeLock
     ray: RayClusters
+    ledger: Ledger
+    settlement: Settlement
+    stakes: Stakes
+    tasks: Tasks
 
 
 def services(request: Request) -> Services:

@@ -21,6 +21,7 @@ STATUS = {
     errors.NotFound: 404,
     errors.InsufficientCapacity: 409,
     errors.Conflict: 409,
+    errors.InsufficientFunds: 402,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
 }

@@ -11,6 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from gpupool.coordinator.storage.ledger import SqlLedger
+from gpupool.coordinator.storage.mesh import SqlMesh
 from gpupool.coordinator.storage.proofs import SqlProofs
 from gpupool.coordinator.storage.ray import SqlRayNodes
 from gpupool.coordinator.storage.tables import (
@@ -23,6 +25,7 @@ from gpupool.coordinator.storage.tables import (
     nonces,
     workers,
 )
+from gpupool.coordinator.storage.tasks import SqlTasks
 from gpupool.domain.coordinates import Coordinate
 from gpupool.domain.leases import Lease, LeaseMember, LeaseState, MemberState
 from gpupool.domain.models import (
@@ -632,3 +635,6 @@ class SqlTransaction:
         self.nonces = SqlNonces(conn)
         self.proofs = SqlProofs(conn)
         self.ray = SqlRayNodes(conn)
+        self.mesh = SqlMesh(conn)
+        self.ledger = SqlLedger(conn)
+        self.tasks = SqlTasks(conn)

@@ -233,3 +233,61 @@ ray_nodes = sa.Table(
     sa.Column("reason", sa.String(2000), nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
 )
+# The encrypted mesh (docs/mesh.md) ----------------------------------------------------------
+
+# Every overlay address ever handed out: workers (id = worker id) and renters' clients
+# (id = "client:<cluster id>"). Rows are never deleted, so an address is never reused.
+mesh_nodes = sa.Table(
+    "mesh_nodes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),  # worker | client
+    sa.Column("address", sa.String(15), nullable=False, unique=True),
+    sa.Column("public_key", sa.String(44), nullable=False, unique=True),
+    sa.Column("cluster_id", sa.String(32), nullable=True),  # clients: the cluster they reach
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# Where a member's interface for a lease listens ("host:port"), as its agent reports it.
+mesh_endpoints = sa.Table(
+    "mesh_endpoints",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("worker_id", sa.String(32), primary_key=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+# The latest direct probe from one member to another, per lease.
+mesh_probes = sa.Table(
+    "mesh_probes",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("prober", sa.String(32), primary_key=True),
+    sa.Column("target", sa.String(32), primary_key=True),
+    sa.Column("rtt_ms", sa.Double, nullable=True),  # NULL: the probe got no answer
+    sa.Column("at", sa.Double, nullable=False),
+)
+
+# Each pair's relay state (domain.mesh.PathState), and when each lease last ran the rule.
+mesh_paths = sa.Table(
+    "mesh_paths",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("a", sa.String(32), primary_key=True),
+    sa.Column("b", sa.String(32), primary_key=True),
+    sa.Column("relay", sa.String(32), nullable=True),
+    sa.Column("direct_failures", sa.Integer, nullable=False),
+    sa.Column("direct_good", sa.Integer, nullable=False),
+)
+
+mesh_rounds = sa.Table(
+    "mesh_rounds",
+    metadata,
+    sa.Column("lease_id", sa.String(32), primary_key=True),
+    sa.Column("stepped_at", sa.Double, nullable=False),
+)
+
+# The ledger's tables live in their own module, on this metadata.
+from gpupool.coordinator.storage import ledger_tables as _ledger_tables  # noqa: E402, F401

@@ -1,14 +1,14 @@
 """Ray on each lease: every worker's Ray node, its role, address and join state
 
 Revision ID: 0006_ray
-Revises: 0003
+Revises: 0005_ledger
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_ray"
-down_revision = "0003"
+down_revision = "0005_ledger"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,98 @@
+"""Protocol mode's replicated validation: which finished jobs a validator re-runs, when two
+outputs agree, and who is wrong when they do not (docs/ledger.md, "Validators").
+
+- Sampling: each finished, unchecked job is re-run with probability p, drawn independently,
+  so a supplier that cheats on m jobs escapes with probability (1 - p)^m.
+- Agreement: equal sha256 hashes; or, for jobs submitted with a tolerance, outputs that
+  parse as the same number of whitespace-separated numbers, each pair within
+  `tolerance x max(1, |a|, |b|)` (absolute near zero, relative for large values).
+- Verdict: two agreeing runs confirm the job. A mismatch asks for a third run on a third
+  supplier's device; the runs that disagree with the majority of the three are wrong (their
+  devices are slashed). Three different outputs have no majority: nobody is slashed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+def escape_probability(p: float, jobs: int) -> float:
+    """The chance that none of `jobs` cheated jobs is re-run when each is with chance p."""
+    if not 0.0 <= p <= 1.0 or jobs < 0:
+        raise ValueError("p must lie in [0, 1] and jobs be >= 0")
+    return (1.0 - p) ** jobs
+
+
+def pick(job_ids: Sequence[str], p: float, uniform: Callable[[], float]) -> list[str]:
+    """The jobs to re-run: each independently with probability p (`uniform` draws in [0, 1))."""
+    return [job for job in job_ids if uniform() < p]
+
+
+def _numbers(data: bytes) -> list[float] | None:
+    try:
+        values = [float(x) for x in data.split()]
+    except ValueError:
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
+def agree(a_hash: str, b_hash: str, a: bytes, b: bytes, tolerance: float | None) -> bool:
+    if a_hash == b_hash:
+        return True
+    if tolerance is None:
+        return False
+    xs, ys = _numbers(a), _numbers(b)
+    if xs is None or ys is None or len(xs) != len(ys):
+        return False
+    return all(
+        abs(x - y) <= tolerance * max(1.0, abs(x), abs(y)) for x, y in zip(xs, ys, strict=True)
+    )
+
+
+def _same(a: Run, b: Run, tolerance: float | None) -> bool:
+    return agree(a.output_hash, b.output_hash, a.output, b.output, tolerance)
+
+
+class Outcome(StrEnum):
+    CONFIRMED = "confirmed"  # the runs agree
+    THIRD_RUN = "third-run"  # two runs disagree: ask a third supplier
+    CAUGHT = "caught"  # a majority found; the minority is slashed
+    NO_MAJORITY = "no-majority"  # three different outputs: nobody is slashed
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    run_id: str
+    output_hash: str
+    output: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    wrong: tuple[str, ...] = ()  # run ids that disagree with the majority
+
+
+def judge(runs: Sequence[Run], tolerance: float | None) -> Verdict:
+    """The verdict on a job from its finished runs (the original first)."""
+    if len(runs) < 2:
+        raise ValueError("a verdict needs at least two runs")
+    if len(runs) == 2:
+        a, b = runs
+        if _same(a, b, tolerance):
+            return Verdict(Outcome.CONFIRMED)
+        return Verdict(Outcome.THIRD_RUN)
+    for run in runs:
+        backers = [
+            r
+            for r in runs
+            if agree(r.output_hash, run.output_hash, r.output, run.output, tolerance)
+        ]
+        if 2 * len(backers) > len(runs):
+            majority = {r.run_id for r in backers}
+            wrong = tuple(r.run_id for r in runs if r.run_id not in majority)
+            return Verdict(Outcome.CAUGHT if wrong else Outcome.CONFIRMED, wrong)
+    return Verdict(Outcome.NO_MAJORITY)

@@ -1,0 +1,96 @@
+"""A coordinator and real agents, each in its own network namespace, with the mesh on: the
+world of the mesh's acceptance tests and of `benchmarks/mesh.py`.
+
+    with mesh_world(state_dir, ["a", "b", "c"], extra=["renter"]) as world:
+        world.overlay("a")              # a's overlay IPv4, once its interface has one
+        world.routed_via("a", address)  # which peer's key carries address/32 on a
+
+The coordinator runs in host `coord` (reached from the test process through a forwarder,
+`TestNetwork.expose`); agent i runs in host `agents[i]`, `agents_now` of them at once (start
+the others with `world.local.start_agent(i)` after adding a supplier key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpupool.localnet.network import LocalNetwork, wait_for
+from gpupool.testing.netns import Host, TestNetwork
+
+PORT = 8420
+
+
+@dataclass
+class MeshWorld:
+    net: TestNetwork
+    local: LocalNetwork
+    state: Path
+    coordinator_url: str  # as hosts on the test network reach it
+    worker: dict[str, str] = field(default_factory=dict)  # host -> worker id, when known
+
+    def host(self, name: str) -> Host:
+        return self.net.host(name)
+
+    def interfaces(self, name: str) -> list[dict[str, Any]]:
+        """The host's gpupool WireGuard interfaces with their IPv4 addresses."""
+        out = self.host(name).run("ip", "-4", "-j", "addr", "show")
+        return [i for i in json.loads(out or "[]") if i["ifname"].startswith("gpw")]
+
+    def overlay(self, name: str, timeout: float = 60) -> str:
+        def found() -> str | None:
+            for interface in self.interfaces(name):
+                for a in interface.get("addr_info", []):
+                    return str(a["local"])
+            return None
+
+        return wait_for(f"an overlay address on {name}", found, timeout, every=0.1)
+
+    def ping(self, src: str, address: str, wait: str = "1") -> bool:
+        done = self.host(src).run("ping", "-n", "-c", "1", "-W", wait, address, check=False)
+        return " 0% packet loss" in done
+
+    def peer_ips(self, name: str) -> dict[str, list[str]]:
+        """Per peer public key, its allowed IPs on the host's (only) lease interface."""
+        interface = self.interfaces(name)[0]["ifname"]
+        out = self.host(name).run("wg", "show", interface, "allowed-ips")
+        return {k: v.split() for k, v in (line.split("\t") for line in out.splitlines())}
+
+    def routed_via(self, name: str, address: str) -> str | None:
+        """The public key of the peer whose allowed IPs hold `address`/32 on `name`."""
+        return next((k for k, ips in self.peer_ips(name).items() if f"{address}/32" in ips), None)
+
+    def public_key(self, name: str) -> str:
+        interface = self.interfaces(name)[0]["ifname"]
+        return self.host(name).run("wg", "show", interface, "public-key").strip()
+
+
+@contextmanager
+def mesh_world(
+    state: Path, agents: Sequence[str], *, agents_now: int | None = None, extra: Sequence[str] = ()
+) -> Iterator[MeshWorld]:
+    with TestNetwork(["coord", *agents, *extra]) as net:
+        coord = net.host("coord")
+        forwarded = net.expose("coord", PORT)
+        url = f"http://{coord.address}:{PORT}"
+        local = LocalNetwork(
+            state,
+            agents=len(agents) if agents_now is None else agents_now,
+            heartbeat_seconds=1.0,
+            cpu_group_size=os.cpu_count() or 1,  # one device per agent
+            mesh=True,
+            port=int(forwarded.rpartition(":")[2]),
+            coordinator_prefix=["ip", "netns", "exec", coord.netns],
+            coordinator_listen=f"{coord.address}:{PORT}",
+            agent_url=url,
+            agent_prefixes={
+                i: ["ip", "netns", "exec", net.host(h).netns] for i, h in enumerate(agents)
+            },
+        )
+        with local:
+            yield MeshWorld(net, local, state, url)
