@@ -116,6 +116,8 @@ class RayNodes:
         self.ordinary_address = ordinary_address
         # lease -> overlay IPv4 or None; None here: no mesh on this agent (see the docstring)
         self.overlay_address: Callable[[str], str | None] | None = None
+        # True once the mesh is known to be off on this machine: stop waiting for it
+        self.mesh_unavailable: Callable[[], bool] = lambda: False
         self.object_store_bytes = object_store_bytes
         self.nodes: dict[str, LeaseNode] = {}
         self._lock = threading.Lock()
@@ -233,7 +235,7 @@ class RayNodes:
                 overlay = self.overlay_address(node.lease_id)
                 if overlay:
                     return overlay, True
-                if time.monotonic() > deadline:
+                if self.mesh_unavailable() or time.monotonic() > deadline:
                     log.warning("event=ray_without_mesh lease=%s", node.lease_id)
                     break
                 node.stop.wait(POLL_SECONDS)

@@ -47,3 +47,10 @@ def test_a_mesh_that_never_comes_up_falls_back_to_the_ordinary_address(
     nodes = _nodes(tmp_path)
     nodes.overlay_address = lambda lease_id: None
     assert nodes._bind_address(_node(tmp_path)) == ("192.0.2.7", False)
+
+
+def test_a_mesh_known_to_be_off_is_not_waited_for(tmp_path: Path) -> None:
+    nodes = _nodes(tmp_path)
+    nodes.overlay_address = lambda lease_id: None
+    nodes.mesh_unavailable = lambda: True  # MESH_WAIT_SECONDS (20 s) would fail the test run
+    assert nodes._bind_address(_node(tmp_path)) == ("192.0.2.7", False)
