@@ -102,8 +102,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="gpupool-bench-") as tmp,
         mesh_world(Path(tmp), HOSTS) as world,
     ):
-        with world.local.admin() as admin:
-            key = admin.create_account("renter", "bench").api_key
+        key = world.local.create_renter("bench")
         with Client(world.local.url, key) as renter:
             cluster = renter.create_cluster(devices=3, kind="cpu", hours=1, max_price_per_hour="1")
             wait_for("ready", lambda: renter.cluster(cluster.id).state == "ready" or None, 60)

@@ -44,8 +44,7 @@ class World(MeshWorld):
 def world(netns_usable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state = tmp_path_factory.mktemp("mesh-net")
     with mesh_world(state, HOSTS, agents_now=3, extra=["renter"]) as base:
-        with base.local.admin() as admin:
-            key = admin.create_account("renter", "mesh").api_key
+        key = base.local.create_renter("mesh")
         with Client(base.local.url, key) as renter:
             world = World(base.net, base.local, base.state, base.coordinator_url)
             world.renter, world.key = renter, key
@@ -71,6 +70,7 @@ def test_members_reach_each_other_and_an_outsider_reaches_none(world: World) -> 
         world.local.supplier_keys.append(admin.create_account("supplier", "d").api_key)
     world.local.start_agent(3)
     world.local.wait_workers_up(4)
+    world.local.stake_devices(world.local.supplier_keys[3])
     world.worker["d"] = _worker_of(world, 3)
     other = world.renter.create_cluster(devices=1, kind="cpu", hours=1,
                                         max_price_per_hour="1")  # fmt: skip
