@@ -94,6 +94,10 @@ def run_agent(settings: AgentSettings) -> None:
                 lambda: local_address_towards(settings.coordinator_url),
                 settings.ray_object_store_bytes,
             )
+            # Ray binds each lease's nodes to its overlay address once the mesh is up there.
+            agent.ray.overlay_address = agent.overlay_address
+            mesh = agent.mesh
+            agent.ray.mesh_unavailable = lambda: mesh is None or mesh.unavailable is not None
         recorder = Recorder(
             link,
             identity,

@@ -66,8 +66,10 @@ def start_argv(
     devices: Sequence[LocalDevice],
     object_store_bytes: int,
     head_gcs: str | None = None,
+    dashboard_host: str | None = None,
 ) -> tuple[list[str], dict[str, int]]:
-    """The `ray start` command line of one node, and the ports it takes."""
+    """The `ray start` command line of one node, and the ports it takes. The head's dashboard
+    listens on `dashboard_host` (default: the node's address)."""
     res = node_resources(devices)
     names = [
         "node-manager-port",
@@ -97,7 +99,8 @@ def start_argv(
         "--disable-usage-stats",
     ]
     if role is RayRole.HEAD:
-        argv += ["--head", "--include-dashboard=true", f"--dashboard-host={address}"]
+        dashboard = dashboard_host or address
+        argv += ["--head", "--include-dashboard=true", f"--dashboard-host={dashboard}"]
     else:
         assert head_gcs is not None
         argv += [f"--address={head_gcs}"]

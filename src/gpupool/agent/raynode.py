@@ -253,14 +253,24 @@ class RayNodes:
         if node.stop.is_set():
             return
         devices = [self._local(d) for d in node.local_devices]
+        # On the mesh the nodes talk over overlay addresses, which the coordinator (the job
+        # proxy) cannot reach: the head's dashboard then listens on the ordinary address (the
+        # coordinator checks that its agent's requests come from there).
+        dashboard_host = self.ordinary_address() if node.mesh else node.address
         argv, node.ports = start_argv(
-            node.role, node.address, node.temp_dir, devices, self.object_store_bytes, head_gcs
+            node.role,
+            node.address,
+            node.temp_dir,
+            devices,
+            self.object_store_bytes,
+            head_gcs,
+            dashboard_host=dashboard_host,
         )
         node.temp_dir.mkdir(parents=True, exist_ok=True)
         self._ray_start(node, argv)
         if node.role is RayRole.HEAD:
             node.gcs_address = f"{node.address}:{node.ports['port']}"
-            node.dashboard_url = f"http://{node.address}:{node.ports['dashboard-port']}"
+            node.dashboard_url = f"http://{dashboard_host}:{node.ports['dashboard-port']}"
         node.state = RayNodeState.STARTED
         self._report(node, RayNodeState.STARTED)
         log.info(

@@ -84,7 +84,9 @@ def show_ray(ray: ClusterRayOut) -> None:
         f"  Ray dashboard {ray.dashboard_url or '-'}   GCS {ray.gcs_address or '-'}   "
         f"{sum(n.state == 'joined' for n in ray.nodes)}/{len(ray.nodes)} nodes joined"
     )
-    if not ray.mesh:
+    if ray.mesh:
+        out.print("  over the mesh: the members' Ray talks over their WireGuard overlay addresses")
+    else:
         out.print(
             "  [yellow]without the mesh:[/yellow] the members' Ray talks over their ordinary "
             "addresses, unencrypted"

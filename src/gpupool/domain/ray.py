@@ -94,25 +94,38 @@ def missing_devices(nodes: Iterable[SeenNode], device_ids: Iterable[str]) -> lis
     return [d for d in device_ids if node_of_device(nodes, d) is None]
 
 
+def _usable_ip(value: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return not (ip.is_link_local or ip.is_multicast or ip.is_unspecified)
+
+
 def check_head_addresses(
-    address: str, gcs_address: str | None, dashboard_url: str | None
+    address: str,
+    gcs_address: str | None,
+    dashboard_url: str | None,
+    peer: str | None = None,
 ) -> str | None:
     """Why a head's reported addresses are refused, or None. The coordinator proxies renters'
     job requests to the dashboard URL, so an agent may only name its own node: an IP literal
     equal to the address it binds to, never a link-local (cloud metadata), multicast or
-    unspecified one, on an explicit port."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return f"the node address {address!r} is not an IP address"
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-        return f"the node address {address} cannot be used"
+    unspecified one, on an explicit port. A head on the mesh binds its node to the overlay
+    address, which the coordinator cannot reach; its dashboard may instead sit at `peer`, the
+    address the agent's own request came from."""
+    if not _usable_ip(address):
+        return f"the node address {address!r} is not a usable IP address"
+    if peer is not None and not _usable_ip(peer):
+        peer = None
     for what, value, scheme in (("GCS", gcs_address, ""), ("dashboard", dashboard_url, "http://")):
         if value is None:
             continue
         host, sep, port = value.removeprefix(scheme).rpartition(":")
-        if not value.startswith(scheme) or not sep or host != address or not port.isdigit():
-            return f"the {what} address must be {scheme}{address}:<port>, not {value!r}"
+        allowed = {address, peer} if what == "dashboard" and peer else {address}
+        if not value.startswith(scheme) or not sep or host not in allowed or not port.isdigit():
+            hosts = " or ".join(sorted(allowed))
+            return f"the {what} address must be {scheme}{hosts}:<port>, not {value!r}"
         if not 0 < int(port) < 65536:
             return f"the {what} port {port} is out of range"
     return None

@@ -29,6 +29,7 @@ class RayReport:
     gcs_address: str | None = None
     dashboard_url: str | None = None
     reason: str = ""
+    peer: str | None = None  # the address the agent's request came from, as the server saw it
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,12 @@ class RayClusters:
     # agents -------------------------------------------------------------------------------
 
     def report(self, worker_id: str, lease_id: str, report: RayReport) -> None:
-        refused = check_head_addresses(report.address, report.gcs_address, report.dashboard_url)
+        refused = check_head_addresses(
+            report.address,
+            report.gcs_address,
+            report.dashboard_url,
+            peer=report.peer if report.mesh else None,
+        )
         if refused:
             raise InvalidRequest(refused)
         with self._db.transaction() as tx:

@@ -70,6 +70,12 @@ class MeshWorld:
         return self.host(name).run("wg", "show", interface, "public-key").strip()
 
 
+def _enter(host: Host) -> list[str]:
+    """Run a command in the host's network namespace only: `ip netns exec` would also remount
+    /sys, hiding the cgroup hierarchy that lease sandboxes need."""
+    return ["nsenter", f"--net=/run/netns/{host.netns}"]
+
+
 @contextmanager
 def mesh_world(
     state: Path, agents: Sequence[str], *, agents_now: int | None = None, extra: Sequence[str] = ()
@@ -85,12 +91,10 @@ def mesh_world(
             cpu_group_size=os.cpu_count() or 1,  # one device per agent
             mesh=True,
             port=int(forwarded.rpartition(":")[2]),
-            coordinator_prefix=["ip", "netns", "exec", coord.netns],
+            coordinator_prefix=_enter(coord),
             coordinator_listen=f"{coord.address}:{PORT}",
             agent_url=url,
-            agent_prefixes={
-                i: ["ip", "netns", "exec", net.host(h).netns] for i, h in enumerate(agents)
-            },
+            agent_prefixes={i: _enter(net.host(h)) for i, h in enumerate(agents)},
         )
         with local:
             yield MeshWorld(net, local, state, url)

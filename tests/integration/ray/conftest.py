@@ -37,6 +37,9 @@ def _why_not() -> str | None:
         return "Ray namespace tests need root (network namespaces, cgroups)"
     if shutil.which("ip") is None:
         return "ip is missing: apt-get install iproute2 (scripts/bootstrap.sh does)"
+    for tool in ("wg", "wireguard-go"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: the members' Ray runs over the mesh (scripts/bootstrap.sh)"
     if not Path(sys.executable).with_name("ray").exists():
         return "Ray is not installed in this environment (scripts/bootstrap.sh installs it)"
     return None
@@ -122,7 +125,6 @@ class RayNet:
                 "--guard-allow-cgroup",
                 "/gpupool-",
                 "--teardown-on-exit",
-                "--no-mesh",  # Ray binds to ordinary addresses on this branch (docs/ray.md)
             ],
             {"GPUPOOL_KEY": self.supplier_keys[name]},
         )

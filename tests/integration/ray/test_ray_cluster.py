@@ -5,6 +5,7 @@ after termination nothing of Ray is left on any member."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -91,19 +92,26 @@ def test_three_members_form_one_ray_cluster_that_runs_the_renters_job_everywhere
     cluster = _book(renter)
     print(f"booking to ready: {time.monotonic() - started:.1f} s")
 
-    # Ray reports three alive nodes, one per member, on their own addresses (no mesh here).
+    # Ray reports three alive nodes, one per member, on their overlay addresses (the mesh);
+    # the head's dashboard is where the coordinator (the job proxy) reaches it.
     ray = renter.cluster_ray(cluster.id)
     assert [n.state for n in ray.nodes] == ["joined"] * 3
     assert sorted(n.role for n in ray.nodes) == ["head", "worker", "worker"]
     addresses = {n.address for n in ray.nodes}
-    assert addresses == {raynet.host(h).address for h in AGENTS}
-    assert ray.mesh is False and ray.dashboard_url and ray.dashboard_url.startswith("http://10.77.")
+    assert len(addresses) == 3 and all(a.startswith("100.") for a in addresses), addresses
+    overlay = ipaddress.ip_network("100.64.0.0/10")
+    assert all(ipaddress.ip_address(a) in overlay for a in addresses)
+    assert ray.mesh is True and ray.gcs_address and ray.gcs_address.startswith("100.")
+    head_host = raynet.host_of(next(n.worker_id for n in ray.nodes if n.role == "head"))
+    assert ray.dashboard_url and ray.dashboard_url.startswith(
+        f"http://{raynet.host(head_host).address}:"
+    )
     node_ids = sorted(n.node_id for n in ray.nodes if n.node_id)
     assert len(set(node_ids)) == 3
 
     show = _gpupool(raynet, renter_key(renter), "cluster", "show", cluster.id)
     assert show.returncode == 0, show.stderr
-    assert ray.dashboard_url in show.stdout and "without the mesh" in show.stdout
+    assert ray.dashboard_url in show.stdout and "over the mesh" in show.stdout
 
     # A job with a working directory, through the CLI: tasks on every member, logs streamed.
     job_dir = tmp_path / "job"

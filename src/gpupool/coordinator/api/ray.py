@@ -48,7 +48,7 @@ def _node(n: RayNodeRecord) -> r.RayNodeOut:
 
 @agent_router.post("/{lease_id}/ray", status_code=204)
 async def report_ray(
-    lease_id: str, body: r.RayNodeReport, worker_id: WorkerDep, svc: ServicesDep
+    lease_id: str, body: r.RayNodeReport, request: Request, worker_id: WorkerDep, svc: ServicesDep
 ) -> None:
     report = RayReport(
         role=body.role,
@@ -59,6 +59,7 @@ async def report_ray(
         gcs_address=body.gcs_address,
         dashboard_url=body.dashboard_url,
         reason=body.reason,
+        peer=request.client.host if request.client else None,
     )
     await run_in_threadpool(svc.ray.report, worker_id, lease_id, report)
 
