@@ -42,7 +42,7 @@ def main() -> None:
     ended: list[float] = []
     with (
         tempfile.TemporaryDirectory(prefix="gpupool-bench-") as tmp,
-        LocalNetwork(Path(tmp), agents=args.agents) as net,
+        LocalNetwork(Path(tmp), agents=args.agents, ray=False) as net,
     ):
         key = net.create_renter("bench", funds="1000000")
         with Client(net.url, key) as gp:

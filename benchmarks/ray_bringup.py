@@ -1,14 +1,17 @@
 """Booking-to-ready of a 3-member Ray cluster on the local network, with its parts.
 
-    .venv/bin/python -m benchmarks.ray_bringup --rounds 5
+    .venv/bin/python -m benchmarks.ray_bringup --rounds 5 [--mesh]
 
 Starts a coordinator (SQLite) and three agents (one CPU device each, so each member is its own
-Ray node) as separate processes. Each round books 3 devices and polls the cluster's Ray view
-every 20 ms, noting when each node is first reported `starting`, `started` and `joined`:
+Ray node) as separate processes; with `--mesh` (root, wireguard-go) each in its own network
+namespace with the WireGuard mesh on, so Ray binds to the overlay addresses. Each round books
+3 devices and polls the cluster every 20 ms, noting when a member is first `provisioning` and
+each Ray node first `starting`, `started` and `joined`:
 
 - placement: the booking request (placement and the booking transaction), as the renter sees it
-- delivery: booked until the first agent reports its node starting (long poll, lease sandbox)
-- mesh: none on this branch (the members use their ordinary addresses)
+- delivery: booked until the first member is provisioning (long poll, lease sandbox)
+- mesh: then until the first Ray node is starting: a node waits for its lease's overlay
+  address (interface up, peer map applied); without the mesh only the scratch key and ports
 - Ray head start: the head's `ray start --head` (starting -> started)
 - join: head started until every node is joined (the workers' `ray start --address`, and the
   head seeing every node alive in its node list)
@@ -20,6 +23,7 @@ Prints the median and the slowest of each part and of the whole, and one JSON li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -29,6 +33,7 @@ from pathlib import Path
 
 from gpupool.client import Client
 from gpupool.localnet.network import LocalNetwork, wait_for
+from gpupool.testing.meshnet import mesh_world
 
 POLL = 0.02
 ORDER = ("starting", "started", "joined")
@@ -39,9 +44,14 @@ def _round(gp: Client) -> dict[str, float]:
     cluster = gp.create_cluster(devices=3, kind="cpu", hours=1, max_price_per_hour="1.00")
     placed = time.monotonic()
     seen: dict[tuple[str, str], float] = {}
+    provisioning: float | None = None
     deadline = booked + 120
     while time.monotonic() < deadline:
         now = time.monotonic()
+        if provisioning is None and any(
+            m.state.value != "assigned" for m in gp.cluster(cluster.id).members
+        ):
+            provisioning = now
         for node in gp.cluster_ray(cluster.id).nodes:
             if node.state.value not in ORDER:
                 raise SystemExit(f"a Ray node of {cluster.id} is {node.state}: {node.reason}")
@@ -61,8 +71,8 @@ def _round(gp: Client) -> dict[str, float]:
     last_join = max(t for (_, s), t in seen.items() if s == "joined")
     parts = {
         "placement": placed - booked,
-        "delivery": first_start - placed,
-        "mesh": 0.0,
+        "delivery": (provisioning or first_start) - placed,
+        "mesh": first_start - (provisioning or first_start),
         "ray_head_start": seen[(head, "started")] - seen[(head, "starting")],
         "join": last_join - seen[(head, "started")],
         "ready": ready - last_join,
@@ -80,15 +90,20 @@ def _round(gp: Client) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mesh", action="store_true", help="agents in namespaces, on the mesh")
     args = parser.parse_args()
 
     rounds: list[dict[str, float]] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="gpupool-bench-") as tmp,
-        LocalNetwork(
-            Path(tmp), agents=3, heartbeat_seconds=1.0, cpu_group_size=os.cpu_count() or 1
-        ) as net,
-    ):
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpupool-bench-")))
+        if args.mesh:
+            net = stack.enter_context(mesh_world(tmp, ["a", "b", "c"])).local
+        else:
+            net = stack.enter_context(
+                LocalNetwork(
+                    tmp, agents=3, heartbeat_seconds=1.0, cpu_group_size=os.cpu_count() or 1
+                )
+            )
         key = net.create_renter("bench", funds="1000000")
         with Client(net.url, key) as gp:
             for i in range(args.rounds):
@@ -97,7 +112,7 @@ def main() -> None:
                     f"round {i + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in rounds[-1].items())
                 )
 
-    result: dict[str, object] = {"rounds": args.rounds, "members": 3}
+    result: dict[str, object] = {"rounds": args.rounds, "members": 3, "over_mesh": args.mesh}
     for part in rounds[0]:
         values = [r[part] for r in rounds]
         result[part] = {
