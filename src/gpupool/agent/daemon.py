@@ -201,6 +201,8 @@ class Agent:
                 loop.join(timeout=1)
             if self.settings.teardown_on_exit:
                 self.teardown_all()
+            if not self.running:
+                self.sandboxes.release()
             if self.mesh is not None:
                 self.mesh.close()
 

@@ -389,6 +389,19 @@ class Sandboxes:
                 box.cores = tuple(parse_cpu_list((cpuset / "cpuset.cpus").read_text()))
         return box
 
+    def release(self) -> None:
+        """Remove this worker's own cgroup folders (v2, and v1 cpuset) when no lease sandbox
+        is left in them: an agent that stops with no open lease leaves nothing behind. A
+        folder that still holds a lease stays, for the restarted agent to re-attach."""
+        if self.root is None:
+            return
+        folders = [self.root]
+        if self.cpuset_root is not None:
+            folders.append(self.cpuset_root / self.root.name)
+        for folder in folders:
+            with contextlib.suppress(OSError):  # absent, or a lease's cgroup still inside
+                folder.rmdir()
+
     def leftovers(self, known: set[str]) -> list[Sandbox]:
         """Lease cgroups on disk that no record names (a crash between create and save)."""
         if self.root is None or not self.root.is_dir():

@@ -17,6 +17,7 @@ from gpupool.agent.sandbox import (
     Sandboxes,
     cgroup2_mount,
     find_cgroup2_root,
+    find_cpuset_root,
     own_cgroup2_path,
 )
 
@@ -137,3 +138,19 @@ def test_process_group_fallback_kills_the_whole_group() -> None:
     assert box.pids() == set()
     assert not alive(first)
     assert not alive(second)
+
+
+@needs_cgroup
+def test_release_removes_the_workers_cgroup_folder_only_once_no_lease_is_left() -> None:
+    boxes = Sandboxes(f"w-release{os.getpid()}", ROOT, find_cpuset_root())
+    assert boxes.root is not None
+    first, second = boxes.create("l-one", cores=[0]), boxes.create("l-two")
+    cpuset = boxes.cpuset_root / boxes.root.name if boxes.cpuset_root else None
+    first.destroy()
+    boxes.release()  # a lease is left: its folder must stay for a restarted agent
+    assert boxes.root.is_dir() and Path(second.path).is_dir()
+    second.destroy()
+    boxes.release()
+    assert not boxes.root.exists()
+    assert cpuset is None or not cpuset.exists()
+    boxes.release()  # nothing left to remove: no error
