@@ -93,6 +93,8 @@ def test_demo_ends_its_lease_and_prints_json_last(tmp_path: object) -> None:
     assert ray["job_status"] == "SUCCEEDED"
     assert ray["nodes"] == 2 and ray["trial_nodes"] == 2  # one node per member, both worked
     assert ray["trials"] == 24
+    assert ray["mesh"] is False  # the demo's agents run without root's mesh, and say so
+    assert "without the mesh" in result.stderr
     assert 20.0 < ray["best_rmse_ms"] < 80.0  # RTT from distance on real data, in ms
     ledger = summary["ledger"]
     assert ledger["balanced"] is True and ledger["chain_ok"] is True

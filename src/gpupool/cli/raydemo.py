@@ -36,6 +36,16 @@ def run_rtt_search(gp: Client, cluster_id: str, say: Console) -> dict[str, Any]:
         for name in ("sites.csv", "rtt-ms.txt"):
             shutil.copy(DATA / name, work / "wondernetwork" / name)
         package, data = package_directory(work)
+    ray = gp.cluster_ray(cluster_id)
+    joined = sum(n.state == "joined" for n in ray.nodes)
+    if ray.mesh:
+        say.print(f"• Ray: {joined} nodes joined over the cluster's WireGuard mesh")
+    else:
+        say.print(
+            f"• Ray: {joined} nodes joined [yellow]without the mesh[/yellow]: they talk over "
+            "their ordinary addresses (here one machine's loopback; the mesh needs root and "
+            "WireGuard on each member, docs/mesh.md)"
+        )
     gp.upload_package(cluster_id, package, data)
     job = gp.submit_job(cluster_id, "python rtt_search.py wondernetwork", package)
     assert job.submission_id is not None
@@ -56,6 +66,7 @@ def run_rtt_search(gp: Client, cluster_id: str, say: Console) -> dict[str, Any]:
     )
     return {
         "nodes": len(result["alive_nodes"]),
+        "mesh": ray.mesh,
         "trial_nodes": len(result["trial_nodes"]),
         "job_id": job.submission_id,
         "job_status": job.status,
