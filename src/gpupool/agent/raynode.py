@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.raycmd import (
     comm,
@@ -413,10 +414,7 @@ class RayNodes:
             "gcs_address": node.gcs_address,
             "dashboard_url": node.dashboard_url,
         }
-        path = self._lease_dir(node.lease_id) / RECORD_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
+        write_json(self._lease_dir(node.lease_id) / RECORD_FILE, record)
 
     def _report_members(self, node: LeaseNode, state: MemberState, reason: str = "") -> None:
         for device in node.local_devices:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.crypto.identity import Identity, b64
 from gpupool.crypto.timelock import ZERO_HASH, batch_message, sample_hash
@@ -74,9 +74,7 @@ class ChainStore:
             {"lease": lease, "device": dev, "seq": h.seq, "hash": h.hash}
             for (lease, dev), h in sorted(self._heads.items())
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, self.path)
+        write_json(self.path, rows)
 
 
 def seal(unsealed: list[dict[str, Any]], head: Head | None) -> tuple[list[dict[str, Any]], Head]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from gpupool.agent.files import write_json
 
 
 class StateDirBusy(Exception):
@@ -47,9 +48,7 @@ class AgentState:
             },
             "unreported": sorted(self.unreported),
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path)
+        write_json(self.path, data, indent=1)
 
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
