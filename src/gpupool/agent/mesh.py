@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.overlay_probe import OverlayProber
 from gpupool.agent.wireguard import (
@@ -37,7 +38,8 @@ from gpupool.agent.wireguard import (
     remove_interface,
 )
 from gpupool.crypto.wgkeys import KeyPair
-from gpupool.domain.mesh import Peer, PeerMap
+from gpupool.domain.mesh import PeerMap
+from gpupool.wire.mesh import MeshMapOut
 
 log = logging.getLogger("gpupool.agent.mesh")
 
@@ -46,29 +48,6 @@ RETRY_SECONDS = 1.0
 PROBE_SECONDS = 1.0  # between probe rounds
 REPORT_CHECK_SECONDS = 0.1  # how soon a finished round is reported
 INTERFACES_FILE = "mesh-interfaces.json"  # the interfaces this agent made, for restarts
-
-
-def peer_map_from(data: dict[str, object]) -> tuple[str, PeerMap]:
-    """(version, map) from the coordinator's answer (wire.mesh.MeshMapOut as JSON)."""
-    peers = data["peers"]
-    assert isinstance(peers, list)
-    peer_map = PeerMap(
-        str(data["worker_id"]),
-        str(data["address"]),
-        str(data["direct_address"]),
-        tuple(
-            Peer(
-                str(p["worker_id"]),
-                str(p["address"]),
-                str(p["public_key"]),
-                p["endpoint"],
-                tuple(p["allowed_ips"]),
-            )
-            for p in peers
-        ),
-        bool(data["forwards"]),
-    )
-    return str(data["version"]), peer_map
 
 
 def local_address_towards(url: str) -> str:
@@ -144,9 +123,9 @@ class LeaseMesh:
                     endpoint_sent = True
                 path = f"{self.base}?version={self.version}&wait={POLL_SECONDS:g}"
                 data = self.link.call("GET", path, timeout=POLL_SECONDS + 15)
-                version, peer_map = peer_map_from(data)
-                if version != self.version:
-                    self._apply(version, peer_map)
+                answer = MeshMapOut.model_validate(data)
+                if answer.version != self.version:
+                    self._apply(answer.version, answer.peer_map())
             except LinkError as exc:
                 if exc.status == 404:  # no member of this lease now: drop every peer at once
                     self._isolate()  # (the daemon removes the interface with the lease)
@@ -247,9 +226,7 @@ class MeshManager:
         return set(json.loads(self._record.read_text()))
 
     def _save_record(self, names: set[str]) -> None:
-        tmp = self._record.with_name(self._record.name + ".tmp")
-        tmp.write_text(json.dumps(sorted(names)))
-        os.replace(tmp, self._record)
+        write_json(self._record, sorted(names))
 
     def adopt(self, open_leases: set[str]) -> None:
         """After a restart: remove this agent's interfaces of leases that are no longer open

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
+from gpupool.domain.mesh import Peer, PeerMap
 from gpupool.wire.models import Request, Response
 
 PublicKey = Annotated[str, StringConstraints(min_length=44, max_length=44)]
@@ -55,6 +56,34 @@ class MeshMapOut(Response):
     direct_address: str
     forwards: bool = Field(description="This node relays between two peers.")
     peers: list[MeshPeerOut]
+
+    @classmethod
+    def of(cls, lease_id: str, version: str, m: PeerMap) -> MeshMapOut:
+        return cls(
+            version=version,
+            lease_id=lease_id,
+            worker_id=m.worker_id,
+            address=m.address,
+            direct_address=m.direct_address,
+            forwards=m.forwards,
+            peers=[
+                MeshPeerOut(
+                    worker_id=p.worker_id,
+                    address=p.address,
+                    public_key=p.public_key,
+                    endpoint=p.endpoint,
+                    allowed_ips=list(p.allowed_ips),
+                )
+                for p in m.peers
+            ],
+        )
+
+    def peer_map(self) -> PeerMap:
+        peers = tuple(
+            Peer(p.worker_id, p.address, p.public_key, p.endpoint, tuple(p.allowed_ips))
+            for p in self.peers
+        )
+        return PeerMap(self.worker_id, self.address, self.direct_address, peers, self.forwards)
 
 
 class MeshConnectIn(Request):

@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api.deps import RenterDep, ServicesDep, WorkerDep
-from gpupool.domain.mesh import PeerMap
 from gpupool.services.mesh import Mesh
 from gpupool.wire import mesh as wm
 
@@ -29,27 +28,6 @@ def mesh_service(request: Request) -> Mesh:
 
 
 MeshDep = Annotated[Mesh, Depends(mesh_service)]
-
-
-def map_out(lease_id: str, version: str, m: PeerMap) -> wm.MeshMapOut:
-    return wm.MeshMapOut(
-        version=version,
-        lease_id=lease_id,
-        worker_id=m.worker_id,
-        address=m.address,
-        direct_address=m.direct_address,
-        forwards=m.forwards,
-        peers=[
-            wm.MeshPeerOut(
-                worker_id=p.worker_id,
-                address=p.address,
-                public_key=p.public_key,
-                endpoint=p.endpoint,
-                allowed_ips=list(p.allowed_ips),
-            )
-            for p in m.peers
-        ],
-    )
 
 
 @agent_router.post("/key")
@@ -94,7 +72,7 @@ async def peer_map(
             break
         await asyncio.sleep(svc.settings.long_poll_check_seconds)
     current = await run_in_threadpool(mesh.peer_map, worker_id, lease_id)
-    return map_out(lease_id, current.version, current.peer_map)
+    return wm.MeshMapOut.of(lease_id, current.version, current.peer_map)
 
 
 @renter_router.post("/{cluster_id}/mesh/connect")
@@ -104,4 +82,4 @@ async def connect(
     """Add the renter's machine (its public key; the private key stays there) to the
     cluster's mesh; its address and the members to reach."""
     m = await run_in_threadpool(mesh.connect_client, renter, cluster_id, body.public_key)
-    return map_out("", "", m)
+    return wm.MeshMapOut.of("", "", m)
