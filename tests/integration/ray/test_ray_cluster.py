@@ -227,7 +227,7 @@ def test_a_restarted_agent_takes_its_ray_node_back_and_still_reports_its_death(
     eventually(
         lambda: any(
             "event=lease_adopted" in line
-            for line in (raynet.state_dir / f"agent-{host}.log").read_text().splitlines()[-200:]
+            for line in raynet.agent_log(host).read_text().splitlines()[-200:]
         ),
         30,
         "the restarted agent to adopt the lease",
