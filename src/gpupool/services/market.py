@@ -312,8 +312,8 @@ _SETTLED_NOTES = {
 def _escrow_extension(tx: Transaction, lease: Lease, hours: int, now: float, key: str) -> None:
     """Each device's booked price x the added hours into its escrow (the price a device
     was booked at is what its escrow holds per booked hour)."""
-    held = tx.ledger.balances_like(ledger.escrow_prefix(lease.id))
     prefix = ledger.escrow_prefix(lease.id)
+    held = tx.ledger.balances_like(prefix)
     prices = {a.removeprefix(prefix): v // lease.hours for a, v in held.items() if v}
     if prices:
         move = ledger.escrow_moves(
