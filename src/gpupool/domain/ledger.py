@@ -74,7 +74,12 @@ def supplier(account_id: str) -> str:
 
 
 def stake(supplier_id: str, device_id: str) -> str:
-    return f"stake:{supplier_id}/{device_id}"
+    return f"{stake_prefix(supplier_id)}{device_id}"
+
+
+def stake_prefix(supplier_id: str = "") -> str:
+    """The stake accounts of one supplier (of every supplier when none is named)."""
+    return f"stake:{supplier_id}/" if supplier_id else "stake:"
 
 
 def validator(account_id: str) -> str:

@@ -115,7 +115,7 @@ class Ledger:
                     escrowed = tx.ledger.balances_like(rules.escrow_prefix(lease.id))
                     held.update({a: v for a, v in escrowed.items() if v})
             elif account.role is Role.SUPPLIER:
-                staked = tx.ledger.balances_like(f"stake:{account.id}/")
+                staked = tx.ledger.balances_like(rules.stake_prefix(account.id))
                 held.update({a: v for a, v in staked.items() if v})
             return Balance(account.id, account.role.value, available, held)
 
@@ -127,7 +127,7 @@ class Ledger:
                 return tx.ledger.entries(after=after, limit=limit)
             accounts = [main_account(viewer)]
             if viewer.role is Role.SUPPLIER:
-                accounts += list(tx.ledger.balances_like(f"stake:{viewer.id}/"))
+                accounts += list(tx.ledger.balances_like(rules.stake_prefix(viewer.id)))
             return tx.ledger.entries(after=after, limit=limit, accounts=accounts)
 
     def audit(self) -> Audit:

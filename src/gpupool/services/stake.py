@@ -37,10 +37,10 @@ def in_pool(tx: Transaction, devices: Sequence[Device]) -> list[Device]:
     if len(suppliers) == 1:
         (only,) = suppliers
         records = {r.device_id: r for r in tx.ledger.stakes(only)}
-        held = tx.ledger.balances_like(f"stake:{only}/")
+        held = tx.ledger.balances_like(money.stake_prefix(only))
     else:
         records = {r.device_id: r for r in tx.ledger.stakes()}
-        held = tx.ledger.balances_like("stake:")
+        held = tx.ledger.balances_like(money.stake_prefix())
     return [
         d
         for d in devices
@@ -101,7 +101,7 @@ class Stakes:
         with self._db.transaction() as tx:
             devices = [d for d in tx.workers.devices() if d.supplier_id == supplier.id]
             records = {r.device_id: r for r in tx.ledger.stakes(supplier.id)}
-            held = tx.ledger.balances_like(f"stake:{supplier.id}/")
+            held = tx.ledger.balances_like(money.stake_prefix(supplier.id))
             pooled = {d.id for d in in_pool(tx, devices)}
             return [
                 StakeView(
