@@ -3,9 +3,6 @@ also needs the supplier's API key, which binds the worker to that supplier."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +13,7 @@ from gpupool.coordinator.api.deps import (
     SupplierDep,
     WorkerDep,
     body_schema,
+    long_poll,
     parse_body,
 )
 from gpupool.domain.coordinates import Coordinate
@@ -114,11 +112,7 @@ async def leases(
     wait: float = Query(0, ge=0, le=60, description="Seconds to wait for a change."),
 ) -> w.AssignmentsOut:
     """The worker's active leases; a long poll when `version` is its current lease version."""
-    deadline = time.monotonic() + min(wait, svc.settings.long_poll_max_seconds)
-    while time.monotonic() < deadline and not await request.is_disconnected():
-        if await run_in_threadpool(svc.registry.lease_version, worker_id) != version:
-            break
-        await asyncio.sleep(svc.settings.long_poll_check_seconds)
+    await long_poll(request, svc, wait, lambda: svc.registry.lease_version(worker_id) != version)
     current, active = await run_in_threadpool(svc.registry.assignments, worker_id)
     return await run_in_threadpool(_assignments, svc, worker_id, current, active)
 

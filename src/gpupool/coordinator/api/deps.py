@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -40,6 +43,19 @@ class Services:
     settlement: Settlement
     stakes: Stakes
     tasks: Tasks
+
+
+async def long_poll(
+    request: Request, svc: Services, wait: float, changed: Callable[[], bool]
+) -> None:
+    """Return once `changed()` (run in the thread pool) is true, `wait` seconds have passed
+    (capped by the settings), or the client went away; re-checks every
+    `long_poll_check_seconds`."""
+    deadline = time.monotonic() + min(wait, svc.settings.long_poll_max_seconds)
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        if await run_in_threadpool(changed):
+            return
+        await asyncio.sleep(svc.settings.long_poll_check_seconds)
 
 
 def services(request: Request) -> Services:

@@ -7,14 +7,12 @@ machine of their own to one of their own clusters.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from gpupool.coordinator.api.deps import RenterDep, ServicesDep, WorkerDep
+from gpupool.coordinator.api.deps import RenterDep, ServicesDep, WorkerDep, long_poll
 from gpupool.services.mesh import Mesh
 from gpupool.wire import mesh as wm
 
@@ -66,11 +64,7 @@ async def peer_map(
 ) -> wm.MeshMapOut:
     """The worker's peer map in the lease; a long poll when `version` is the current one.
     404 when the worker is not (or no longer) a member of the active lease."""
-    deadline = time.monotonic() + min(wait, svc.settings.long_poll_max_seconds)
-    while time.monotonic() < deadline and not await request.is_disconnected():
-        if await run_in_threadpool(mesh.version, worker_id, lease_id) != version:
-            break
-        await asyncio.sleep(svc.settings.long_poll_check_seconds)
+    await long_poll(request, svc, wait, lambda: mesh.version(worker_id, lease_id) != version)
     current = await run_in_threadpool(mesh.peer_map, worker_id, lease_id)
     return wm.MeshMapOut.of(lease_id, current.version, current.peer_map)
 
