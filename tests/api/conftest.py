@@ -93,7 +93,12 @@ class AgentSim:
         return self.identity.worker_id
 
     def register(
-        self, devices: int = 2, price: str = "0.10", region: str = "eu-west", **extra: Any
+        self,
+        devices: int = 2,
+        price: str = "0.10",
+        region: str = "eu-west",
+        model: str = "Test CPU",
+        **extra: Any,
     ) -> Any:
         from gpupool.wire.models import WorkerRegister
 
@@ -105,7 +110,7 @@ class AgentSim:
                 {
                     "local_name": f"cpu{i}",
                     "kind": "cpu",
-                    "model": "Test CPU",
+                    "model": model,
                     "memory_mb": 1024,
                     "price_per_hour": price,
                     "cores": [i],
@@ -117,9 +122,7 @@ class AgentSim:
             **extra,
         }
         worker = self.link.register(WorkerRegister.model_validate(body))
-        if self.solve_challenges:
-            self.solve_pending()
-        if self.stake:
+        if self.stake:  # before the challenge: only staked devices are challenged
             self.stake_devices(worker.devices)
         return worker
 
@@ -134,6 +137,8 @@ class AgentSim:
                 f"/v1/stakes/{d.id}", json={}, headers=self.api.as_key(self.supplier_key)
             )
             assert r.status_code == 201, r.text
+        if self.solve_challenges:  # staking issued each device its first challenge
+            self.solve_pending()
 
     def solve_pending(self) -> list[Any]:
         """Answer every open capability challenge with the agent's real challenge code."""

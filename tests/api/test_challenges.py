@@ -118,7 +118,8 @@ def test_a_device_too_slow_for_its_claimed_gpu_model_is_unsupported(api: Api) ->
         "agent_version": "t",
         "sandbox": "cgroup2",
     }
-    sim.link.register(WorkerRegister.model_validate({**base, **body}))
+    worker = sim.link.register(WorkerRegister.model_validate({**base, **body}))
+    sim.stake_devices(worker.devices)  # only a staked device is challenged
     [result] = sim.solve_pending()  # NumPy on this CPU is nowhere near an H100
     assert result.state == "failed"
     assert _statuses(api, key)[f"{sim.worker_id}:gpu0"][0] == "unsupported"
@@ -134,3 +135,74 @@ def test_a_challenge_belongs_to_its_worker(api: Api) -> None:
     with pytest.raises(LinkError) as exc:
         intruder.link.challenge_answer(challenge.id, "0" * 64, 1.0)
     assert exc.value.status == 404
+
+
+# Identity is fixed by the proof, and a wrong answer always costs (issue 13, item 2) --------------
+
+
+def _slashes(api: Api, key: str) -> list[dict[str, Any]]:
+    entries = api.http.get("/v1/ledger/entries", headers=api.as_key(key)).json()
+    return [e for e in entries if e["kind"] == "slash"]
+
+
+def test_an_unstaked_device_is_not_challenged(api: Api) -> None:
+    sim = api.agent(api.account("supplier", "s"))
+    sim.stake = False
+    worker = sim.register(devices=1)
+    assert sim.link.heartbeat().challenges == []  # nothing to slash yet: no challenge
+    sim.solve_challenges = False
+    sim.stake_devices(worker.devices)
+    assert [c.device_id for c in sim.link.heartbeat().challenges] == [sim.device(0)]
+
+
+def test_re_registering_under_another_model_needs_a_new_challenge(api: Api, renter: str) -> None:
+    key = api.account("supplier", "s")
+    sim = api.agent(key)
+    sim.register(devices=1)
+    assert _statuses(api, key)[sim.device(0)] == ("idle", True)
+    sim.solve_challenges = False
+    sim.register(devices=1, model="Other CPU")
+    assert _statuses(api, key)[sim.device(0)] == ("idle", False)  # the old proof is void
+    workers = api.http.get("/v1/workers", headers=api.as_key(key)).json()
+    assert workers[0]["devices"][0]["model"] == "Other CPU"
+    assert api.book(renter).status_code == 409
+    api.tick()  # the ticker challenges it again
+    assert [r.state for r in sim.solve_pending()] == ["passed"]
+    assert api.book(renter).status_code == 201
+
+
+def test_the_same_registration_again_keeps_the_proof(api: Api) -> None:
+    key = api.account("supplier", "s")
+    sim = api.agent(key)
+    sim.register(devices=1)
+    sim.register(devices=1)  # an agent restart: the same claim
+    assert _statuses(api, key)[sim.device(0)] == ("idle", True)
+
+
+def test_giving_up_after_seeing_the_rows_is_a_wrong_answer_and_slashed(api: Api) -> None:
+    sim, key = _unsolved(api)
+    challenge = sim.link.heartbeat().challenges[0]
+    sim.link.challenge_answer(challenge.id, "ab" * 32, 0.001)  # a guessed root
+    result = sim.link.challenge_fail(challenge.id, "out of memory, honestly")
+    assert result.state == "wrong" and "abandoned" in result.reason
+    assert _statuses(api, key)[sim.device(0)][0] == "blocked"
+    [slash] = _slashes(api, key)
+    assert sum(p["amount_micros"] for p in slash["postings"] if p["amount_micros"] > 0) > 0
+
+
+def test_walking_away_after_seeing_the_rows_is_a_wrong_answer(api: Api) -> None:
+    sim, key = _unsolved(api)
+    challenge = sim.link.heartbeat().challenges[0]
+    sim.link.challenge_answer(challenge.id, "ab" * 32, 0.001)
+    api.clock.advance(api.services.settings.challenge_deadline_seconds + 1)
+    sim.link.heartbeat()
+    api.tick()
+    assert _statuses(api, key)[sim.device(0)][0] == "blocked"
+    assert len(_slashes(api, key)) == 1
+
+
+def test_failing_before_committing_costs_nothing(api: Api) -> None:
+    sim, key = _unsolved(api)
+    challenge = sim.link.heartbeat().challenges[0]
+    assert sim.link.challenge_fail(challenge.id, "no CUDA").state == "failed"
+    assert _slashes(api, key) == []

@@ -3,8 +3,17 @@ random rows, check them, and set the device's fate.
 
 A device enters the pool only after it passes (`verified`), and leaves it while a periodic
 re-challenge runs, so a challenge never competes with a lease. An agent error or a missed
-deadline makes the device `unsupported`; a wrong row or a bad Merkle proof makes it
-`blocked`; too little throughput for the claimed model makes it `unsupported`.
+deadline before the root is committed makes the device `unsupported`; a wrong row or a bad
+Merkle proof makes it `blocked`; too little throughput for the claimed model makes it
+`unsupported`.
+
+Two rules keep a wrong answer from being free (docs/challenge.md, "Outcomes"):
+- a device is challenged only once its stake is held, so a wrong answer always has stake to
+  slash;
+- once the root is committed the rows to open are known, so abandoning the challenge then (a
+  `fail`, or no openings before the deadline) is judged exactly as a wrong answer: otherwise
+  an agent could commit a guessed root, look at the rows, and walk away from the ones it
+  cannot open.
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ from gpupool.domain.stake import SlashReason
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
 from gpupool.services.ids import new_id
 from gpupool.services.ports import ChallengeRecord, Clock, Database, Transaction
-from gpupool.services.stake import slash
+from gpupool.services.stake import in_pool, slash
 
 OPEN_STATES = ("issued", "answered")
+ABANDONED = "abandoned after its rows were known: "
 B_SEEDS = 4  # B matrices kept materialised; A is fresh for every challenge
 
 
@@ -60,7 +70,8 @@ class Challenges:
             self._expire(tx, now)
             open_devices = {c.device_id for c in tx.proofs.challenges(states=OPEN_STATES)}
             touched: set[str] = set()
-            for device in tx.workers.devices(worker_id):
+            # Only staked devices: a wrong answer must cost something (docs/challenge.md).
+            for device in in_pool(tx, tx.workers.devices(worker_id)):
                 if device.id in open_devices or device.status is not DeviceStatus.IDLE:
                     continue
                 if device.worker_status.value != "up":
@@ -90,7 +101,11 @@ class Challenges:
 
     def _expire(self, tx: Transaction, now: float) -> None:
         for c in tx.proofs.challenges(states=OPEN_STATES):
-            if now - c.issued_at > self.deadline_seconds:
+            if now - c.issued_at <= self.deadline_seconds:
+                continue
+            if c.state == "answered":  # the rows were known: walking away is a wrong answer
+                self._finish(tx, c, "wrong", ABANDONED + "no openings before the deadline", now)
+            else:
                 self._finish(tx, c, "failed", "no answer before the deadline", now)
 
     def pending(self, worker_id: str) -> list[ChallengeRecord]:
@@ -154,9 +169,10 @@ class Challenges:
             c = self._own(tx, worker_id, challenge_id)
             if c.state not in OPEN_STATES:
                 raise Conflict(f"challenge {challenge_id} is {c.state}")
-            return self._finish(
-                tx, c, "failed", f"the agent could not run it: {reason}", self._clock.now()
-            )
+            now = self._clock.now()
+            if c.state == "answered":  # after seeing the rows: judged as a wrong answer
+                return self._finish(tx, c, "wrong", f"{ABANDONED}the agent gave up: {reason}", now)
+            return self._finish(tx, c, "failed", f"the agent could not run it: {reason}", now)
 
     def _own(self, tx: Transaction, worker_id: str, challenge_id: str) -> ChallengeRecord:
         c = tx.proofs.challenge(challenge_id)

@@ -35,6 +35,8 @@ async def stake(
 ) -> w.EntryOut:
     """Top the device's stake up to its required amount (402 when the balance is short)."""
     posted = await run_in_threadpool(svc.stakes.stake, supplier, device_id, body.key)
+    # A device is challenged only once staked (docs/challenge.md): do it now, not next tick.
+    await run_in_threadpool(svc.challenges.issue_due, device_id.split(":", 1)[0])
     return posted_out(posted)
 
 

@@ -195,11 +195,17 @@ class SqlWorkers:
         for spec in specs:
             did = f"{worker_id}:{spec.local_name}"
             if spec.local_name in known:
-                self._c.execute(
-                    devices.update()
-                    .where(devices.c.id == did)
-                    .values(present=True, **_spec_values(spec))
-                )
+                values = {"present": True, **_spec_values(spec)}
+                row = known[spec.local_name]
+                if (row.kind, row.model, row.memory_mb) != (
+                    spec.kind.value,
+                    spec.model,
+                    spec.memory_mb,
+                ):
+                    # What the device is was fixed by the challenge it passed: a new claim
+                    # needs a new proof (docs/challenge.md, "Identity").
+                    values.update(verified=False, flops=None, challenged_at=None)
+                self._c.execute(devices.update().where(devices.c.id == did).values(**values))
             else:
                 self._c.execute(
                     devices.insert().values(
