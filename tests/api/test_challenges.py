@@ -3,6 +3,7 @@ it is; a wrong answer blocks it, a failure or a too-slow answer makes it unsuppo
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 
 from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
+from gpupool.domain.challenge import challenge_flops
+from gpupool.services.challenges import Sizing
 from tests.api.conftest import AgentSim, Api
 
 
@@ -93,36 +96,100 @@ def test_no_answer_before_the_deadline_makes_the_device_unsupported(api: Api) ->
     assert _statuses(api, key)[sim.device(0)][0] == "unsupported"
 
 
-def test_a_device_too_slow_for_its_claimed_gpu_model_is_unsupported(api: Api) -> None:
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def _gpu_agent(api: Api, model: str = H100) -> tuple[AgentSim, str]:
+    """A staked worker that claims one GPU of `model`, its challenge issued and unsolved."""
+    from gpupool.wire.models import WorkerRegister
+
     key = api.account("supplier", "s")
     sim = api.agent(key)
     sim.solve_challenges = False
     body = {
-        "devices": [
-            {
-                "local_name": "gpu0",
-                "kind": "gpu",
-                "model": "NVIDIA H100 80GB HBM3",
-                "memory_mb": 81559,
-                "price_per_hour": "2.00",
-                "uuid": "GPU-00000000-0000-0000-0000-000000000001",
-            }
-        ]
-    }
-    from gpupool.wire.models import WorkerRegister
-
-    base = {
         "public_key": sim.identity.public_key_b64,
         "hostname": "h",
         "location": {"latitude": 0, "longitude": 0, "region": "r"},
         "agent_version": "t",
         "sandbox": "cgroup2",
+        "devices": [
+            {
+                "local_name": "gpu0",
+                "kind": "gpu",
+                "model": model,
+                "memory_mb": 81559,
+                "price_per_hour": "2.00",
+                "uuid": "GPU-00000000-0000-0000-0000-000000000001",
+            }
+        ],
     }
-    worker = sim.link.register(WorkerRegister.model_validate({**base, **body}))
+    worker = sim.link.register(WorkerRegister.model_validate(body))
     sim.stake_devices(worker.devices)  # only a staked device is challenged
-    [result] = sim.solve_pending()  # NumPy on this CPU is nowhere near an H100
-    assert result.state == "failed"
-    assert _statuses(api, key)[f"{sim.worker_id}:gpu0"][0] == "unsupported"
+    return sim, key
+
+
+def _small_gpu_chains(api: Api) -> None:
+    # Small enough for this CPU to answer in a fraction of a second, still hundreds of links.
+    api.services.challenges.sizing = Sizing(gpu_size=256, target_seconds=2e-4, max_steps=512)
+
+
+def test_a_cpu_claiming_an_h100_is_never_verified_whatever_time_it_reports(
+    api: Api, renter: str
+) -> None:
+    _small_gpu_chains(api)
+    sim, key = _gpu_agent(api)
+    [challenge] = sim.link.heartbeat().challenges  # the coordinator's clock starts here
+    assert challenge.n == 256 and challenge.steps > 100  # sized for an H100, not for this CPU
+    started = time.perf_counter()
+    work = run_challenge(
+        challenge.n,
+        int(challenge.seed_a, 16),
+        int(challenge.seed_b, 16),
+        backend="numpy",
+        steps=challenge.steps,
+    )
+    api.clock.advance(time.perf_counter() - started)  # what the coordinator's clock saw
+    rows = sim.link.challenge_answer(challenge.id, work.root, 1e-6)  # "a microsecond"
+    result = sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    assert result.state == "failed", result.reason  # the product was right ...
+    assert "is below" in result.reason  # ... and far too slow for an H100
+    assert result.flops < 0.5 * 50e12
+    assert _statuses(api, key)[f"{sim.worker_id}:gpu0"] == ("unsupported", False)
+    assert api.book(renter).status_code == 409
+
+
+def test_throughput_is_timed_on_the_coordinators_clock(api: Api) -> None:
+    _small_gpu_chains(api)
+    sim, _ = _gpu_agent(api)
+    [challenge] = sim.link.heartbeat().challenges
+    work = run_challenge(
+        challenge.n, int(challenge.seed_a, 16), int(challenge.seed_b, 16), "numpy", challenge.steps
+    )
+    api.clock.advance(1.0)
+    rows = sim.link.challenge_answer(challenge.id, work.root, 1e-6)
+    api.clock.advance(5.0)  # the openings' time is not the device's compute
+    result = sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    allowance = api.services.challenges.sizing.rtt_allowance_seconds
+    expected = challenge_flops(challenge.n, challenge.steps) / (1.0 - allowance)
+    assert result.flops == pytest.approx(expected)
+
+
+def test_a_chain_answer_wrong_in_its_last_link_blocks_the_device(api: Api) -> None:
+    _small_gpu_chains(api)
+    sim, key = _gpu_agent(api)
+    [challenge] = sim.link.heartbeat().challenges
+    # one link short: a cheater that skips work commits to a different, consistent product
+    work = run_challenge(
+        challenge.n,
+        int(challenge.seed_a, 16),
+        int(challenge.seed_b, 16),
+        "numpy",
+        challenge.steps - 1,
+    )
+    rows = sim.link.challenge_answer(challenge.id, work.root, 1e-6)
+    result = sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    assert result.state == "wrong" and "differs from the product" in result.reason
+    assert _statuses(api, key)[f"{sim.worker_id}:gpu0"][0] == "blocked"
 
 
 def test_a_challenge_belongs_to_its_worker(api: Api) -> None:

@@ -1,5 +1,6 @@
 """The agent's side of the capability challenge: multiply the two seeded matrices on the
-device, commit to the product with a Merkle root, and open the rows the coordinator asks for.
+device (a chain of `steps` products, X_1 = A B and X_(t+1) = g(X_t) B), commit to the last
+product with a Merkle root, and open the rows the coordinator asks for.
 
 Backends: "numpy" (CPU, BLAS sgemm), "torch-cuda" (PyTorch with CUDA) and "cupy". "auto"
 takes the first GPU library that imports and sees a device, else NumPy; "gpu" insists on a GPU
@@ -9,7 +10,11 @@ copied to the device: generation is not what the challenge measures, and one gen
 every backend's bits identical. Only the multiplication is timed, after a warm-up that
 initialises the BLAS library, with the GPU synchronised before the clock stops. TF32 is
 switched off so the figure compares with the FP32 table (TF32 would give the same, exact
-product, since entries and partial sums fit; only the speed would differ).
+product, since entries and partial sums fit; only the speed would differ). The fold g between
+links is done in int32 on the device, exactly, and costs n^2 against the link's n^3.
+
+The coordinator times the challenge on its own clock; `compute_seconds` here is what the
+agent reports for information (and what the benchmarks print).
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import numpy as np
 import numpy.typing as npt
 
 from gpupool.crypto.merkle import MerkleTree, row_leaves
-from gpupool.domain.challenge import operand
+from gpupool.domain.challenge import fold, operand
 
 BACKENDS = ("auto", "gpu", "numpy", "torch-cuda", "cupy")
-Multiply = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], tuple[Any, float]]
+# (A, B, steps) -> (the chain's last product, seconds of the timed multiplications)
+Multiply = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32], int], tuple[Any, float]]
 
 
 class ChallengeUnsupported(RuntimeError):
@@ -63,11 +69,13 @@ def _import(name: str) -> ModuleType | None:
 
 
 def _numpy_multiply(
-    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]
+    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1
 ) -> tuple[npt.NDArray[np.int32], float]:
     _ = a[:64, :64] @ b[:64, :64]  # start BLAS's threads outside the timing
     started = time.perf_counter()
     c = a @ b
+    for _ in range(steps - 1):
+        c = fold(c.astype(np.int32)).astype(np.float32) @ b
     seconds = time.perf_counter() - started
     return c.astype(np.int32), seconds
 
@@ -80,7 +88,9 @@ def _torch_backend() -> Multiply | None:
     except Exception:  # a broken driver install raises rather than answering False
         return None
 
-    def multiply(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> tuple[Any, float]:
+    def multiply(
+        a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1
+    ) -> tuple[Any, float]:
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
@@ -89,6 +99,9 @@ def _torch_backend() -> Multiply | None:
             torch.cuda.synchronize()
             started = time.perf_counter()
             dc = torch.matmul(da, db)
+            for _ in range(steps - 1):  # g in int32: remainder has the floor sign, as specified
+                folded = torch.remainder(dc.to(torch.int32), 17) - 8
+                dc = torch.matmul(folded.to(torch.float32), db)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - started
             product = dc.to(torch.int32).cpu().numpy()
@@ -109,12 +122,17 @@ def _cupy_backend() -> Multiply | None:
     except Exception:  # CuPy raises its own CUDA errors when no driver is present
         return None
 
-    def multiply(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> tuple[Any, float]:
+    def multiply(
+        a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1
+    ) -> tuple[Any, float]:
         da, db = cupy.asarray(a), cupy.asarray(b)
         cupy.matmul(da, db)  # warm-up
         cupy.cuda.Device().synchronize()
         started = time.perf_counter()
         dc = cupy.matmul(da, db)
+        for _ in range(steps - 1):  # CuPy's % on integers is the floor modulo, as NumPy's
+            folded = dc.astype(cupy.int32) % 17 - 8
+            dc = cupy.matmul(folded.astype(cupy.float32), db)
         cupy.cuda.Device().synchronize()
         seconds = time.perf_counter() - started
         product = cupy.asnumpy(dc.astype(cupy.int32))
@@ -146,11 +164,16 @@ def select_backend(backend: str = "auto") -> tuple[str, Multiply]:
     raise ChallengeUnsupported(f"backend {backend!r}: no usable torch.cuda or CuPy device")
 
 
-def run_challenge(n: int, seed_a: int, seed_b: int, backend: str = "auto") -> ChallengeWork:
-    """Generate A and B, multiply them on the chosen backend, and commit to the product."""
+def run_challenge(
+    n: int, seed_a: int, seed_b: int, backend: str = "auto", steps: int = 1
+) -> ChallengeWork:
+    """Generate A and B, run the chain of `steps` products on the chosen backend, and commit
+    to the last product."""
+    if steps < 1:
+        raise ValueError("a chain has at least one step")
     name, multiply = select_backend(backend)
     a, b = operand(seed_a, n), operand(seed_b, n)
-    product, seconds = multiply(a, b)
+    product, seconds = multiply(a, b, steps)
     product = np.ascontiguousarray(product, dtype=np.int32)
     return ChallengeWork(n, product, MerkleTree(row_leaves(product)), seconds, name)
 
@@ -167,7 +190,9 @@ def open_rows(work: ChallengeWork, indices: Sequence[int]) -> list[dict[str, Any
     return openings
 
 
-def run_pinned(n: int, seed_a: int, seed_b: int, cores: Sequence[int]) -> ChallengeWork:
+def run_pinned(
+    n: int, seed_a: int, seed_b: int, cores: Sequence[int], steps: int = 1
+) -> ChallengeWork:
     """Run the NumPy challenge in a child process held to `cores`, with as many BLAS threads
     as cores, so a CPU device is measured on its own cores only."""
     count = str(len(cores))
@@ -175,6 +200,7 @@ def run_pinned(n: int, seed_a: int, seed_b: int, cores: Sequence[int]) -> Challe
     with tempfile.TemporaryDirectory(prefix="gpupool-challenge-") as tmp:
         out = Path(tmp) / "product.npy"
         argv = [sys.executable, "-m", "gpupool.agent.challenge", str(n), str(seed_a), str(seed_b)]
+        argv.append(str(steps))
         done = subprocess.run(
             ["taskset", "-c", ",".join(map(str, sorted(cores))), *argv, str(out)],
             env=env,
@@ -191,8 +217,8 @@ def run_pinned(n: int, seed_a: int, seed_b: int, cores: Sequence[int]) -> Challe
 
 
 def _main(args: Sequence[str]) -> None:
-    n, seed_a, seed_b, out = int(args[0]), int(args[1]), int(args[2]), args[3]
-    work = run_challenge(n, seed_a, seed_b, backend="numpy")
+    n, seed_a, seed_b, steps, out = int(args[0]), int(args[1]), int(args[2]), int(args[3]), args[4]
+    work = run_challenge(n, seed_a, seed_b, backend="numpy", steps=steps)
     np.save(out, work.product)
     print(repr(work.compute_seconds))
 

@@ -42,8 +42,8 @@ class Challenger:
         seed_a, seed_b = int(c.seed_a, 16), int(c.seed_b, 16)
         spec = self.specs.get(c.device_id.split(":", 1)[-1])
         if spec is not None and spec.kind is DeviceKind.CPU and spec.cores:
-            return run_pinned(c.n, seed_a, seed_b, spec.cores)  # measured on its own cores
-        return run_challenge(c.n, seed_a, seed_b)
+            return run_pinned(c.n, seed_a, seed_b, spec.cores, c.steps)  # on its own cores
+        return run_challenge(c.n, seed_a, seed_b, steps=c.steps)
 
     def solve(self, c: w.ChallengeOut) -> w.ChallengeResultOut | None:
         try:

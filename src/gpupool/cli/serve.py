@@ -75,6 +75,13 @@ def coordinator_serve(
     challenge_size: Annotated[
         int, typer.Option(min=16, max=4096, help="Capability challenge matrix size n.")
     ] = 2048,
+    challenge_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Size GPU challenges so an honest device of its model computes this long.",
+        ),
+    ] = 2.0,
     challenge_every: Annotated[
         float, typer.Option(min=0, help="Re-challenge idle devices this often (s; 0: never).")
     ] = 6 * 3600.0,
@@ -111,6 +118,7 @@ def coordinator_serve(
         sample_interval_seconds=sample_interval,
         challenge_size=challenge_size,
         challenge_every_seconds=challenge_every,
+        challenge_seconds=challenge_seconds,
         unstake_cooldown_seconds=unstake_cooldown,
     )
     if created:

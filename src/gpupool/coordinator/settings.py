@@ -30,6 +30,12 @@ class CoordinatorSettings:
     challenge_rows: int = 8
     challenge_every_seconds: float = 6 * 3600.0
     challenge_deadline_seconds: float = 300.0
+    # GPU challenges are chains sized so an honest device of the claimed model computes for
+    # challenge_seconds on the coordinator's clock (docs/challenge.md, "Sizing and timing").
+    challenge_gpu_size: int = 8192
+    challenge_seconds: float = 2.0
+    challenge_max_steps: int = 256
+    challenge_rtt_allowance_seconds: float = 0.05
     # Ledger (docs/ledger.md): devices enter the pool only with their stake; unstaking waits.
     require_stake: bool = True
     unstake_cooldown_seconds: float = 7 * 24 * 3600.0

@@ -94,20 +94,61 @@ def operand(seed: int, n: int) -> npt.NDArray[np.float32]:
     return matrix(seed, n).astype(np.float32)
 
 
-def product_rows(
-    seed_a: int, b_matrix: npt.NDArray[np.generic], n: int, rows: Sequence[int]
-) -> npt.NDArray[np.int32]:
-    """Rows `rows` of A @ B, exactly, from the generated rows of A and a materialised B."""
+def fold(values: npt.NDArray[np.integer]) -> npt.NDArray[np.int8]:
+    """The chain's reduction g: an exact integer product entry back into [-8, 8], as
+    (v mod 17) - 8 with the floor modulo (a result in 0..16 for negative v too)."""
+    return (np.asarray(values, dtype=np.int64) % 17 - ENTRY_BOUND).astype(np.int8)
+
+
+def chain_rows(
+    seed_a: int, b_matrix: npt.NDArray[np.generic], n: int, rows: Sequence[int], steps: int
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int32]]:
+    """For rows `rows` of the chained challenge C = X_steps (X_1 = A B, X_(t+1) = g(X_t) B):
+    the rows of the last step's left operand (A's rows when steps == 1) and of C, exactly.
+
+    Row i of every X_t depends only on row i of A and on B, so the coordinator follows k rows
+    through the chain at k/n of the agent's cost."""
     if b_matrix.shape != (n, n):
         raise ValueError(f"B has shape {b_matrix.shape}, expected ({n}, {n})")
-    a = matrix_rows(seed_a, n, rows).astype(np.float32)
-    product = a @ b_matrix.astype(np.float32, copy=False)
-    return product.astype(np.int32)
+    if steps < 1:
+        raise ValueError("a chain has at least one step")
+    b = b_matrix.astype(np.float32, copy=False)
+    left = matrix_rows(seed_a, n, rows)
+    product = (left.astype(np.float32) @ b).astype(np.int32)
+    for _ in range(steps - 1):
+        left = fold(product)
+        product = (left.astype(np.float32) @ b).astype(np.int32)
+    return left, product
 
 
-def challenge_flops(n: int) -> int:
-    """Floating-point operations in one n x n by n x n multiplication."""
-    return 2 * n**3
+def product_rows(
+    seed_a: int, b_matrix: npt.NDArray[np.generic], n: int, rows: Sequence[int], steps: int = 1
+) -> npt.NDArray[np.int32]:
+    """Rows `rows` of the challenge's product (A @ B for one step), exactly, from the generated
+    rows of A and a materialised B."""
+    return chain_rows(seed_a, b_matrix, n, rows, steps)[1]
+
+
+def challenge_flops(n: int, steps: int = 1) -> int:
+    """Floating-point operations in a chain of `steps` n x n by n x n multiplications."""
+    return 2 * steps * n**3
+
+
+def chain_steps(expected: float | None, n: int, target_seconds: float, max_steps: int) -> int:
+    """How many chained steps make an honest device of `expected` FLOP/s compute for about
+    `target_seconds`, within 1..max_steps (1 when nothing is expected: a CPU, an unknown
+    model)."""
+    if expected is None or expected <= 0 or target_seconds <= 0:
+        return 1
+    return max(1, min(max_steps, math.ceil(target_seconds * expected / challenge_flops(n))))
+
+
+def timed_flops(n: int, steps: int, elapsed: float, allowance: float) -> float:
+    """Throughput on the coordinator's clock: the chain's operations over the time from
+    handing the challenge out to receiving its root, less a round-trip allowance that is
+    capped at half the elapsed time, so no claimed delay can more than double the figure."""
+    credit = min(max(allowance, 0.0), max(elapsed, 0.0) / 2)
+    return challenge_flops(n, steps) / max(elapsed - credit, 1e-9)
 
 
 def format_seed(seed: int) -> str:
@@ -178,7 +219,7 @@ EXPECTED_TFLOPS: tuple[tuple[str, float], ...] = (
     ("v100", 14.0),
     ("t4", 4.5),
 )
-MIN_RATIO = 0.25  # a device passes at a quarter of its model's expected figure
+MIN_RATIO = 0.5  # below half its model's expected figure a device is unsupported
 
 
 def expected_flops(model: str) -> float | None:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpupool.crypto.merkle import leaf_hash, row_bytes, verify_proof
-from gpupool.domain.challenge import MAX_N, matrix_rows, operand, product_rows
+from gpupool.domain.challenge import MAX_N, chain_rows, fold, matrix_rows, operand
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class ChallengeSpec:
     n: int
     seed_a: int
     seed_b: int
+    steps: int = 1  # chained multiplications (docs/challenge.md, "The chain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,8 @@ def verify_opening(
     b_pool: BPool,
 ) -> Outcome:
     """Check the agent's openings: exactly the requested rows, each proven against `root` and
-    each equal to the coordinator's own row of A @ B. Any failure is a wrong answer."""
+    each equal to the coordinator's own row of the (chained) product. Any failure is a wrong
+    answer."""
     n = challenge.n
     requested = set(requested_rows)
     if not requested:
@@ -148,10 +150,14 @@ def verify_opening(
 
     indices = [o.index for o in openings]
     r, br = b_pool.fingerprint(challenge.seed_b, n)
-    a_rows = matrix_rows(challenge.seed_a, n, indices).astype(np.int64)
-    for i, row, a_row in zip(indices, rows, a_rows, strict=True):
-        if int(row.astype(np.int64) @ r) != int(a_row @ br):
-            want = product_rows(challenge.seed_a, b_pool.get(challenge.seed_b, n), n, [i])[0]
+    b = b_pool.get(challenge.seed_b, n)
+    if challenge.steps == 1:
+        left_rows = matrix_rows(challenge.seed_a, n, indices)
+    else:  # follow the k rows through the first steps - 1 links (k/n of the agent's work)
+        left_rows = fold(chain_rows(challenge.seed_a, b, n, indices, challenge.steps - 1)[1])
+    for i, row, left in zip(indices, rows, left_rows.astype(np.int64), strict=True):
+        if int(row.astype(np.int64) @ r) != int(left @ br):  # Freivalds on the last link
+            want = (left.astype(np.float32) @ b).astype(np.int32)
             differs = np.flatnonzero(row != want)
             column = int(differs[0]) if differs.size else -1
             return Outcome(False, f"row {i} differs from the product at column {column}")

@@ -7,6 +7,12 @@ deadline before the root is committed makes the device `unsupported`; a wrong ro
 Merkle proof makes it `blocked`; too little throughput for the claimed model makes it
 `unsupported`.
 
+Throughput is the coordinator's own measurement: the chain's operations over the time from
+handing the challenge to the agent (its first delivery in a heartbeat or long poll) to
+receiving the root, less a small capped round-trip allowance. The work is sized from the
+claimed model (`chain_steps`) so that an honest device computes for `target_seconds`; the
+`compute_seconds` the agent reports is kept for information only.
+
 Two rules keep a wrong answer from being free (docs/challenge.md, "Outcomes"):
 - a device is challenged only once its stake is held, so a wrong answer always has stake to
   slash;
@@ -21,11 +27,17 @@ from __future__ import annotations
 import secrets
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from gpupool.domain.challenge import pick_rows, throughput_verdict
+from gpupool.domain.challenge import (
+    chain_steps,
+    expected_flops,
+    pick_rows,
+    throughput_verdict,
+    timed_flops,
+)
 from gpupool.domain.errors import Conflict, NotFound
-from gpupool.domain.models import DeviceKind, DeviceStatus
+from gpupool.domain.models import Device, DeviceKind, DeviceStatus
 from gpupool.domain.stake import SlashReason
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
 from gpupool.services.ids import new_id
@@ -35,6 +47,21 @@ from gpupool.services.stake import in_pool, slash
 OPEN_STATES = ("issued", "answered")
 ABANDONED = "abandoned after its rows were known: "
 B_SEEDS = 4  # B matrices kept materialised; A is fresh for every challenge
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """How much work a challenge asks for (docs/challenge.md, "Sizing and timing")."""
+
+    gpu_size: int = 8192  # n for a GPU whose expected throughput is known
+    target_seconds: float = 2.0  # what an honest device of the claimed model computes for
+    max_steps: int = 256  # bounds the coordinator's check, k (steps - 1) n^2 multiply-adds
+    rtt_allowance_seconds: float = 0.05  # credited back, at most half the elapsed time
+    # Rows opened of a chain (steps > 1): each costs the coordinator (steps - 1) n^2, so a
+    # chain opens fewer than a single product; the timing, not the row count, is what
+    # catches a slow device, and a device that skips a fraction of the rows is caught with
+    # probability 1 - (1 - fraction)^chain_rows per challenge and slashed.
+    chain_rows: int = 2
 
 
 class Challenges:
@@ -47,6 +74,7 @@ class Challenges:
         rows: int,
         every_seconds: float,
         deadline_seconds: float,
+        sizing: Sizing | None = None,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._db = db
@@ -55,9 +83,28 @@ class Challenges:
         self.rows = rows
         self.every_seconds = every_seconds
         self.deadline_seconds = deadline_seconds
+        self.sizing = sizing or Sizing()
         self._random = random_bytes
         self._b_seeds = [random_bytes(8).hex() for _ in range(B_SEEDS)]
-        self.pool = BPool(capacity=B_SEEDS)
+        self.pool = BPool(capacity=2 * B_SEEDS)  # every seed at both sizes
+
+    def _expected(self, tx: Transaction, device: Device) -> float | None:
+        """The FLOP/s the claimed model should reach: the table, else for a GPU model it
+        lacks the median of earlier passed figures; None for CPU core groups (measured)."""
+        if device.spec.kind is DeviceKind.CPU:
+            return None
+        expected = expected_flops(device.spec.model)
+        if expected is None:
+            reference = tx.proofs.passed_flops(device.spec.model)
+            expected = statistics.median(reference) if reference else None
+        return expected
+
+    def shape(self, expected: float | None) -> tuple[int, int]:
+        """(n, steps) for a device expected to reach `expected` FLOP/s."""
+        if expected is None:
+            return self.size, 1
+        n = self.sizing.gpu_size
+        return n, chain_steps(expected, n, self.sizing.target_seconds, self.sizing.max_steps)
 
     # issuing --------------------------------------------------------------------------------
 
@@ -82,11 +129,13 @@ class Challenges:
                 )
                 if not due:
                     continue
+                n, steps = self.shape(self._expected(tx, device))
                 record = ChallengeRecord(
                     id=new_id("ch"),
                     device_id=device.id,
                     worker_id=device.worker_id,
-                    n=self.size,
+                    n=n,
+                    steps=steps,
                     seed_a=self._random(8).hex(),
                     seed_b=self._b_seeds[self._random(1)[0] % len(self._b_seeds)],
                     state="issued",
@@ -109,8 +158,17 @@ class Challenges:
                 self._finish(tx, c, "failed", "no answer before the deadline", now)
 
     def pending(self, worker_id: str) -> list[ChallengeRecord]:
+        """The worker's unanswered challenges, as they go out to its agent: the first
+        delivery starts the coordinator's clock on each (`delivered_at`)."""
+        now = self._clock.now()
         with self._db.transaction() as tx:
-            return tx.proofs.challenges(worker_id=worker_id, states=("issued",))
+            out = []
+            for c in tx.proofs.challenges(worker_id=worker_id, states=("issued",)):
+                delivered = c if c.delivered_at is not None else replace(c, delivered_at=now)
+                if delivered is not c:
+                    tx.proofs.save_challenge(delivered)
+                out.append(delivered)
+            return out
 
     # the agent's side of the protocol -----------------------------------------------------------
 
@@ -123,7 +181,8 @@ class Challenges:
             c = self._own(tx, worker_id, challenge_id)
             if c.state != "issued":
                 raise Conflict(f"challenge {challenge_id} is {c.state}")
-            rows = pick_rows(self._random(32), c.n, min(self.rows, c.n))
+            k = self.rows if c.steps == 1 else min(self.rows, self.sizing.chain_rows)
+            rows = pick_rows(self._random(32), c.n, min(k, c.n))
             tx.proofs.save_challenge(
                 replace(
                     c,
@@ -140,15 +199,21 @@ class Challenges:
         self, worker_id: str, challenge_id: str, openings: Sequence[Opening]
     ) -> ChallengeRecord:
         with self._db.transaction() as tx:
-            c = self._own(tx, worker_id, challenge_id)
-            if c.state != "answered" or c.root is None or c.rows is None:
-                raise Conflict(f"challenge {challenge_id} is {c.state}; answer it first")
-            spec = ChallengeSpec(c.id, c.n, int(c.seed_a, 16), int(c.seed_b, 16))
-            outcome = verify_opening(spec, c.root, list(openings), list(c.rows), self.pool)
+            c = self._answered(tx, worker_id, challenge_id)
+        # A long chain takes the check seconds: run it outside any transaction, then finish
+        # only if nothing else (the deadline, a fail) finished the challenge meanwhile.
+        assert c.root is not None and c.rows is not None
+        spec = ChallengeSpec(c.id, c.n, int(c.seed_a, 16), int(c.seed_b, 16), c.steps)
+        outcome = verify_opening(spec, c.root, list(openings), list(c.rows), self.pool)
+        with self._db.transaction() as tx:
+            c = self._answered(tx, worker_id, challenge_id)
             now = self._clock.now()
             if not outcome.ok:
                 return self._finish(tx, c, "wrong", outcome.reason, now)
-            flops = 2 * c.n**3 / (c.compute_seconds or 1e-9)
+            # The coordinator's clock, never the agent's compute_seconds (docs/challenge.md).
+            started = c.delivered_at if c.delivered_at is not None else c.issued_at
+            elapsed = (c.answered_at or now) - started
+            flops = timed_flops(c.n, c.steps, elapsed, self.sizing.rtt_allowance_seconds)
             device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
             # GPUs answer to the table of expected figures (or, for a model it lacks, to what
             # that model measured before); CPU core groups are measured, not judged: their
@@ -173,6 +238,12 @@ class Challenges:
             if c.state == "answered":  # after seeing the rows: judged as a wrong answer
                 return self._finish(tx, c, "wrong", f"{ABANDONED}the agent gave up: {reason}", now)
             return self._finish(tx, c, "failed", f"the agent could not run it: {reason}", now)
+
+    def _answered(self, tx: Transaction, worker_id: str, challenge_id: str) -> ChallengeRecord:
+        c = self._own(tx, worker_id, challenge_id)
+        if c.state != "answered" or c.root is None or c.rows is None:
+            raise Conflict(f"challenge {challenge_id} is {c.state}; answer it first")
+        return c
 
     def _own(self, tx: Transaction, worker_id: str, challenge_id: str) -> ChallengeRecord:
         c = tx.proofs.challenge(challenge_id)

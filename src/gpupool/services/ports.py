@@ -203,6 +203,8 @@ class ChallengeRecord:
     reason: str = ""
     answered_at: float | None = None
     finished_at: float | None = None
+    steps: int = 1  # chained multiplications, sized from the claimed model
+    delivered_at: float | None = None  # the coordinator's clock when the agent first got it
 
 
 class ProofRepo(Protocol):

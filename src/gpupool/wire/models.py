@@ -158,6 +158,9 @@ class ChallengeOut(Response):
     n: int
     seed_a: str
     seed_b: str
+    steps: int = Field(
+        1, ge=1, description="Chained multiplications: X_1 = A B, X_(t+1) = g(X_t) B."
+    )
 
 
 class ProbePeerOut(Response):

@@ -77,3 +77,14 @@ def test_gpu_backend_commits_to_the_same_root_as_numpy() -> None:
     cpu = run_challenge(n, SEED_A, SEED_B, backend="numpy")
     assert gpu.backend in ("torch-cuda", "cupy")
     assert gpu.root == cpu.root
+
+
+def test_numpy_chain_equals_the_coordinators_rows() -> None:
+    from gpupool.domain.challenge import chain_rows, operand
+
+    n, steps = 48, 7
+    work = run_challenge(n, 5, 6, backend="numpy", steps=steps)
+    _, want = chain_rows(5, operand(6, n), n, list(range(n)), steps)
+    assert np.array_equal(work.product, want)
+    with pytest.raises(ValueError, match="at least one step"):
+        run_challenge(n, 5, 6, backend="numpy", steps=0)

@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 from gpupool.domain.challenge import (
     MAX_N,
     MIN_RATIO,
+    chain_rows,
+    chain_steps,
+    challenge_flops,
     expected_flops,
+    fold,
     format_seed,
     matrix,
     matrix_rows,
@@ -20,6 +24,7 @@ from gpupool.domain.challenge import (
     pick_rows,
     product_rows,
     throughput_verdict,
+    timed_flops,
 )
 
 M64 = 2**64
@@ -160,7 +165,7 @@ def test_a_known_model_at_its_expected_speed_passes() -> None:
     assert verdict.ratio == pytest.approx(17 / 18)
 
 
-def test_a_model_below_a_quarter_of_its_expected_speed_fails() -> None:
+def test_a_model_below_half_its_expected_speed_fails() -> None:
     # An RTX 3080's honest figure claimed as an H100.
     verdict = throughput_verdict("NVIDIA H100 80GB HBM3", 0.2 * 50e12)
     assert not verdict.ok
@@ -188,3 +193,58 @@ def test_a_cpu_is_judged_against_its_learned_reference() -> None:
 def test_a_non_positive_figure_never_passes() -> None:
     for flops in (0.0, -1.0, float("nan"), float("inf")):
         assert not throughput_verdict("AMD EPYC", flops).ok
+
+
+# The chain (docs/challenge.md, "The chain") ---------------------------------------------------
+
+
+def test_fold_is_the_floor_modulo_seventeen_less_eight() -> None:
+    values = np.array([-18, -17, -1, 0, 16, 17, 40, -36, 2**19], dtype=np.int32)
+    assert fold(values).tolist() == [v % 17 - 8 for v in values.tolist()]
+    assert fold(values).tolist() == [8, -8, 8, -8, 8, -8, -2, 7, 2**19 % 17 - 8]
+
+
+def _scalar_chain(seed_a: int, seed_b: int, n: int, steps: int) -> list[list[int]]:
+    """The chain in plain Python integers: X_1 = A B, X_(t+1) = g(X_t) B."""
+    a = [[spec_entry(seed_a, n, i, j) for j in range(n)] for i in range(n)]
+    b = [[spec_entry(seed_b, n, i, j) for j in range(n)] for i in range(n)]
+
+    def times_b(x: list[list[int]]) -> list[list[int]]:
+        return [[sum(x[i][k] * b[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+
+    x = times_b(a)
+    for _ in range(steps - 1):
+        x = times_b([[v % 17 - 8 for v in row] for row in x])
+    return x
+
+
+def test_chain_rows_are_exact_against_python_integers() -> None:
+    n = 9
+    for steps in (1, 2, 5):
+        want = _scalar_chain(7, 8, n, steps)
+        _, got = chain_rows(7, operand(8, n), n, [0, 4, 8], steps)
+        assert got.tolist() == [want[0], want[4], want[8]]
+
+
+def test_worked_chain_example_in_the_docs_holds() -> None:
+    b = matrix(0xFEDCBA9876543210, 4)
+    left, product = chain_rows(0x0123456789ABCDEF, b, 4, [0, 3], 2)
+    assert left.tolist() == [[-2, 8, 1, 7], [8, -8, 0, 8]]  # g(A B), rows 0 and 3
+    assert product.tolist() == [[-24, -102, -5, 35], [-72, 8, 88, 32]]
+
+
+def test_steps_are_sized_from_the_claimed_model_and_bounded() -> None:
+    h100 = expected_flops("NVIDIA H100 80GB HBM3")
+    steps = chain_steps(h100, 8192, 4.0, 256)
+    assert steps == 182  # 4 s x 50 TFLOPS / (2 x 8192^3)
+    assert challenge_flops(8192, steps) / h100 == pytest.approx(4.0, rel=0.01)
+    assert chain_steps(expected_flops("Tesla T4"), 8192, 4.0, 256) == 17
+    assert chain_steps(h100, 8192, 4.0, 100) == 100
+    assert chain_steps(None, 8192, 4.0, 256) == 1  # a CPU core group: measured, not sized
+
+
+def test_the_round_trip_allowance_never_more_than_doubles_the_figure() -> None:
+    work = challenge_flops(64, 3)
+    assert timed_flops(64, 3, 2.0, 0.05) == pytest.approx(work / 1.95)
+    assert timed_flops(64, 3, 0.04, 0.05) == pytest.approx(work / 0.02)  # capped at half
+    assert timed_flops(64, 3, 0.0, 0.05) > 0

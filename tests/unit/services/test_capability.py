@@ -137,3 +137,21 @@ def test_a_challenge_takes_a_fresh_a_seed_and_a_pool_b_seed() -> None:
         challenge_spec("c-9", 512, randomness[:15], b_seeds=[10])
     with pytest.raises(ValueError, match="empty"):
         challenge_spec("c-9", 512, randomness, b_seeds=[])
+
+
+def test_a_chained_answer_passes_and_one_link_short_is_caught() -> None:
+    spec = ChallengeSpec("c-2", N, seed_a=0x77, seed_b=0xBEEF, steps=6)
+    rows = pick_rows(b"a chained answer", N, 8)
+    chained = run_challenge(N, spec.seed_a, spec.seed_b, backend="numpy", steps=6)
+    outcome = verify_opening(spec, chained.root, openings(chained, rows), rows, BPool())
+    assert outcome.ok, outcome.reason
+    short = run_challenge(N, spec.seed_a, spec.seed_b, backend="numpy", steps=5)
+    outcome = verify_opening(spec, short.root, openings(short, rows), rows, BPool())
+    assert not outcome.ok and "differs from the product" in outcome.reason
+
+
+def test_one_wrong_entry_in_the_last_link_is_caught_when_its_row_is_opened() -> None:
+    spec = ChallengeSpec("c-3", N, seed_a=0x78, seed_b=0xBEEF, steps=3)
+    work = tampered(run_challenge(N, spec.seed_a, spec.seed_b, "numpy", 3), row=5, column=9)
+    outcome = verify_opening(spec, work.root, openings(work, [5]), [5], BPool())
+    assert not outcome.ok and outcome.reason == "row 5 differs from the product at column 9"

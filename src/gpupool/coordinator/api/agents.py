@@ -42,7 +42,14 @@ def _assignments(
         heartbeat_seconds=svc.settings.heartbeat_seconds,
         leases=[convert.assignment(a) for a in leases],
         challenges=[
-            w.ChallengeOut(id=c.id, device_id=c.device_id, n=c.n, seed_a=c.seed_a, seed_b=c.seed_b)
+            w.ChallengeOut(
+                id=c.id,
+                device_id=c.device_id,
+                n=c.n,
+                seed_a=c.seed_a,
+                seed_b=c.seed_b,
+                steps=c.steps,
+            )
             for c in svc.challenges.pending(worker_id)
         ],
     )

@@ -30,7 +30,7 @@ from gpupool.domain.grouping import LatencyAware
 from gpupool.domain.placement import Placement
 from gpupool.services.accounts import Accounts
 from gpupool.services.agent_auth import AgentAuth
-from gpupool.services.challenges import Challenges
+from gpupool.services.challenges import Challenges, Sizing
 from gpupool.services.ledger import Ledger
 from gpupool.services.market import Market
 from gpupool.services.mesh import Mesh
@@ -68,6 +68,12 @@ def build_services(
             rows=settings.challenge_rows,
             every_seconds=settings.challenge_every_seconds,
             deadline_seconds=settings.challenge_deadline_seconds,
+            sizing=Sizing(
+                gpu_size=settings.challenge_gpu_size,
+                target_seconds=settings.challenge_seconds,
+                max_steps=settings.challenge_max_steps,
+                rtt_allowance_seconds=settings.challenge_rtt_allowance_seconds,
+            ),
         ),
         timelock=TimeLock(
             db,

@@ -252,6 +252,8 @@ def _challenge_values(r: ChallengeRecord) -> dict[str, Any]:
         "issued_at": r.issued_at,
         "answered_at": r.answered_at,
         "finished_at": r.finished_at,
+        "steps": r.steps,
+        "delivered_at": r.delivered_at,
     }
 
 
@@ -272,4 +274,6 @@ def _challenge(row: Any) -> ChallengeRecord:
         issued_at=row.issued_at,
         answered_at=row.answered_at,
         finished_at=row.finished_at,
+        steps=row.steps,
+        delivered_at=row.delivered_at,
     )

@@ -213,6 +213,8 @@ challenges = sa.Table(
     sa.Column("issued_at", sa.Double, nullable=False),
     sa.Column("answered_at", sa.Double),
     sa.Column("finished_at", sa.Double),
+    sa.Column("steps", sa.Integer, nullable=False, default=1, server_default="1"),
+    sa.Column("delivered_at", sa.Double),
     sa.Index("ix_challenges_device", "device_id"),
     sa.Index("ix_challenges_state", "state"),
 )

@@ -1,0 +1,144 @@
+"""Capability challenge timed by the coordinator: the chain's size, the prover's and the
+verifier's time per claimed model class.
+
+    .venv/bin/python -m benchmarks.challenge_chain
+
+For each class the coordinator's default sizing (services/challenges.py `Sizing`) gives n and
+the number of links. Measured here, on this machine's CPU:
+- the agent's fixed work on the host whatever the device (generating A and B, hashing the
+  last product into the Merkle tree), which an honest GPU also pays inside the timed window;
+- one link (an n x n by n x n product and the fold) with NumPy, from which a CPU answering
+  the whole chain correctly is extrapolated: what an impersonating CPU would need;
+- the coordinator's check end to end on correct openings: following k rows through the
+  first steps - 1 links, the Freivalds test on the last, and k Merkle proofs.
+An honest GPU's time is the sizing target (no GPU is on this machine); the ratio an honest
+device reaches on the coordinator's clock is target / (target + fixed host work). The last
+line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+
+import numpy as np
+
+from gpupool.crypto.merkle import MerkleTree, row_leaves
+from gpupool.domain.challenge import (
+    MIN_RATIO,
+    chain_rows,
+    challenge_flops,
+    expected_flops,
+    fold,
+    operand,
+    pick_rows,
+)
+from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
+from gpupool.services.challenges import Challenges, Sizing
+
+CLASSES = ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "Tesla T4")
+
+
+def _shape(model: str, sizing: Sizing) -> tuple[int, int]:
+    # Challenges.shape only reads the sizing, so an instance without a database will do.
+    probe = Challenges.__new__(Challenges)
+    probe.size, probe.sizing = 2048, sizing
+    return probe.shape(expected_flops(model))
+
+
+def host_work(n: int) -> tuple[float, float]:
+    """Seconds to generate A and B, and to hash an n x n int32 product into the tree."""
+    started = time.perf_counter()
+    a, b = operand(1, n), operand(2, n)
+    generated = time.perf_counter() - started
+    product = (a[:1] @ b).astype(np.int32).repeat(n, axis=0)  # any n x n int32 will do
+    started = time.perf_counter()
+    MerkleTree(row_leaves(product))
+    return generated, time.perf_counter() - started
+
+
+def one_link(n: int) -> float:
+    a, b = operand(3, n), operand(4, n)
+    started = time.perf_counter()
+    (fold((a @ b).astype(np.int32)).astype(np.float32) @ b)
+    return (time.perf_counter() - started) / 2
+
+
+def check(n: int, steps: int, k: int) -> float:
+    """The coordinator's check on correct openings, B already in a warm pool."""
+    seed_a, seed_b = (int.from_bytes(secrets.token_bytes(8), "little") for _ in range(2))
+    pool = BPool(capacity=1)
+    b = pool.get(seed_b, n)
+    pool.fingerprint(seed_b, n)
+    rows = pick_rows(secrets.token_bytes(16), n, k)
+    _, product = chain_rows(seed_a, b, n, rows, steps)
+    # A tree over only the opened rows' leaves would not be the agent's tree; build a real
+    # one over an n-row matrix holding the opened rows in their places.
+    full = np.zeros((n, n), dtype=np.int32)
+    full[rows] = product
+    tree = MerkleTree(row_leaves(full))
+    openings = [Opening(i, full[i].tolist(), tree.proof(i)) for i in rows]
+    started = time.perf_counter()
+    outcome = verify_opening(
+        ChallengeSpec("b", n, seed_a, seed_b, steps), tree.root, openings, rows, pool
+    )
+    seconds = time.perf_counter() - started
+    assert outcome.ok, outcome.reason
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sizing = Sizing()
+    parser.add_argument("--k", type=int, default=sizing.chain_rows, help="rows opened")
+    args = parser.parse_args()
+    generated, hashed = host_work(sizing.gpu_size)
+    link = one_link(sizing.gpu_size)
+    out = []
+    for model in CLASSES:
+        n, steps = _shape(model, sizing)
+        expected = expected_flops(model) or 0
+        honest = challenge_flops(n, steps) / expected
+        elapsed = honest + generated + hashed
+        row = {
+            "model": model,
+            "n": n,
+            "steps": steps,
+            "gflop": round(challenge_flops(n, steps) / 1e9),
+            "honest_gpu_compute_s": round(honest, 2),
+            "host_work_s": round(generated + hashed, 2),
+            "honest_ratio_on_coordinator_clock": round(honest / elapsed, 3),
+            "cpu_impersonator_s": round(link * steps + generated + hashed, 1),
+            "cpu_impersonator_ratio": round(
+                challenge_flops(n, steps) / expected / (link * steps), 4
+            ),
+            "verify_s": round(check(n, steps, args.k), 3),
+        }
+        out.append(row)
+        print(
+            f"{model}: n={n} links={steps} ({row['gflop']} GFLOP); honest GPU "
+            f"{row['honest_gpu_compute_s']} s + host {row['host_work_s']} s -> ratio "
+            f"{row['honest_ratio_on_coordinator_clock']} (passes at {MIN_RATIO}); CPU "
+            f"impersonator {row['cpu_impersonator_s']} s (ratio {row['cpu_impersonator_ratio']}); "
+            f"coordinator check {row['verify_s']} s"
+        )
+    print(
+        json.dumps(
+            {
+                "command": " ".join(["python -m benchmarks.challenge_chain", *sys.argv[1:]]),
+                "k": args.k,
+                "sizing": {"gpu_size": sizing.gpu_size, "target_seconds": sizing.target_seconds},
+                "host_generate_s": round(generated, 3),
+                "host_hash_s": round(hashed, 3),
+                "cpu_link_s": round(link, 3),
+                "classes": out,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
