@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from gpupool.client import ApiError, Client
+from gpupool.client import ApiError, Client, KnownCoordinators
+from gpupool.client.pins import pin_file
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8420"
 
@@ -60,7 +61,12 @@ class CliError(Exception):
 def client(coordinator: str, key: str | None, need_key: bool = True) -> Client:
     if need_key and not key:
         raise CliError("no API key: set GPUPOOL_KEY or pass --key", 2)
-    return Client(coordinator, key)
+    return Client(coordinator, key, pins=known_coordinators())
+
+
+def known_coordinators() -> KnownCoordinators:
+    """The user's pinned coordinator keys ($GPUPOOL_KNOWN_COORDINATORS overrides the file)."""
+    return KnownCoordinators(pin_file(os.environ, Path.home()))
 
 
 def read_admin_key(admin_key_file: Path | None) -> str:
