@@ -76,10 +76,10 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except ApiError as exc:
-        err.print(f"[red]error:[/red] {api_error_message(exc)}", highlight=False)
+        err.print(f"[red]error:[/red] {api_error_message(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except PinError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
