@@ -121,6 +121,20 @@ def test_a_proof_resigned_with_another_key_fails_verify_naming_the_pinned_key(
     assert given.returncode == 1 and json.loads(given.stdout)["verified"] is False
 
 
+def test_every_resigned_proof_is_caught_against_the_pin_and_none_without_it(
+    world: World, tmp_path: Path
+) -> None:
+    """The detection rate, measured: 50 attackers' keys, each re-signing the same proof."""
+    folder = tmp_path / "proof"
+    assert world.cli("proof", "export", world.lease_id, str(folder)).returncode == 0
+    caught = unnoticed_without_pin = 0
+    for _ in range(50):
+        _resign(folder, Identity.generate())
+        caught += bool(verify_folder(folder, world.key))
+        unnoticed_without_pin += verify_folder(folder) == []
+    assert (caught, unnoticed_without_pin) == (50, 50)
+
+
 def test_with_no_key_given_and_none_pinned_verify_refuses_and_says_how(
     world: World, tmp_path: Path
 ) -> None:

@@ -166,6 +166,7 @@ def verify(
     else:
         for problem in problems:
             err.print(f"[red]✗[/red] {problem}", highlight=False, soft_wrap=True)
+        err.print(f"checked against {expected} ({source})", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
 
