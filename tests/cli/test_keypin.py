@@ -98,7 +98,8 @@ def test_a_proof_resigned_with_another_key_fails_verify_naming_the_pinned_key(
     folder = tmp_path / "proof"
     exported = world.cli("proof", "export", world.lease_id, str(folder))
     assert exported.returncode == 0, exported.stderr
-    assert world.pinned() == world.key  # the export was the first contact
+    assert world.pinned() == world.key  # the export was the first contact, and says so
+    assert f"pinned the coordinator key {world.key}" in exported.stderr
     assert stat.S_IMODE(world.pins.stat().st_mode) == 0o600
 
     verified = world.cli("proof", "verify", str(folder), "--json")
@@ -184,7 +185,8 @@ def test_a_changed_coordinator_key_is_refused_at_the_next_contact_until_repinned
     assert json.loads(repinned.stdout)["replaced"] == world.key
     assert world.pinned() == new.public_key_b64
     assert stat.S_IMODE(world.pins.stat().st_mode) == 0o600
-    assert world.cli("cluster", "list").returncode == 0
+    after = world.cli("cluster", "list")
+    assert after.returncode == 0 and "pinned" not in after.stderr
 
 
 def test_coordinator_key_reads_the_state_folder_on_the_coordinator_host(tmp_path: Path) -> None:

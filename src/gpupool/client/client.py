@@ -49,7 +49,6 @@ class Client:
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self._pins = pins
         self._checked_key: str | None = None
-        self.pinned_now = False  # whether an answer to this client pinned the key
 
     def __enter__(self) -> Client:
         return self
@@ -98,7 +97,7 @@ class Client:
             return  # a proxy's error page, say: nothing to check, and it carries no data
         if presented is None or presented != self._checked_key:
             # the first answer, or one naming another key: the pin file decides
-            self.pinned_now |= self._pins.check(self.base_url, presented)
+            self._pins.check(self.base_url, presented)
             self._checked_key = presented
 
     # meta and accounts -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -60,9 +60,14 @@ def normalize(url: str) -> str:
     return f"{parsed.scheme}://{host}:{port}{parsed.path.rstrip('/')}"
 
 
+PinNotice = Callable[[str, str], None]
+"""Told (normalised URL, key) when a first contact pins a key, to say so to the user."""
+
+
 class KnownCoordinators:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_pin: PinNotice | None = None) -> None:
         self.path = path
+        self._on_pin = on_pin
 
     def read(self) -> dict[str, str]:
         try:
@@ -99,6 +104,8 @@ class KnownCoordinators:
             if presented is None:
                 return False
             self.pin(url, presented)
+            if self._on_pin is not None:
+                self._on_pin(normalize(url), presented)
             return True
         if presented != pinned:
             raise CoordinatorKeyChanged(normalize(url), pinned, presented, self.path)

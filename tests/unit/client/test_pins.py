@@ -37,6 +37,15 @@ def test_the_first_key_is_pinned_0600_and_the_same_key_passes_after(
     assert list(store.path.parent.iterdir()) == [store.path]  # no temporary file left
 
 
+def test_only_a_first_contact_is_announced(tmp_path: Path) -> None:
+    told: list[tuple[str, str]] = []
+    store = KnownCoordinators(tmp_path / "pins", on_pin=lambda url, key: told.append((url, key)))
+    key = Identity.generate().public_key_b64
+    store.check(URL + "/", key)
+    store.check(URL, key)
+    assert told == [(URL, key)]
+
+
 def test_another_key_is_refused_naming_both_and_the_pin_stays(store: KnownCoordinators) -> None:
     pinned, other = Identity.generate().public_key_b64, Identity.generate().public_key_b64
     store.check(URL, pinned)
