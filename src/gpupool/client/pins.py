@@ -12,10 +12,12 @@ refused: whoever can edit it chooses which proofs verify.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -114,18 +116,30 @@ class KnownCoordinators:
     def pin(self, url: str, key: str, replace: bool = False) -> str | None:
         """Pin `key` for `url`; returns the key it replaced. Without `replace`, refuses to
         overwrite a different pin."""
-        pins = self.read()
         where = normalize(url)
-        old = pins.get(where)
-        if old is not None and old != key and not replace:
-            raise CoordinatorKeyChanged(where, old, key, self.path)
-        pins[where] = key
-        self._write(pins)
+        with self._locked():
+            pins = self.read()
+            old = pins.get(where)
+            if old is not None and old != key and not replace:
+                raise CoordinatorKeyChanged(where, old, key, self.path)
+            pins[where] = key
+            self._write(pins)
         return old
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Two CLI calls pinning two coordinators at once must not drop either pin."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _write(self, pins: dict[str, str]) -> None:
         text = "".join(f"{url} {key}\n" for url, key in sorted(pins.items()))
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # mkstemp makes the file 0600 before a byte is written; the rename is atomic, so a
         # reader sees the old pins or the new ones, never half a file
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".known_coordinators.")

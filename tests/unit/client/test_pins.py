@@ -34,7 +34,8 @@ def test_the_first_key_is_pinned_0600_and_the_same_key_passes_after(
     assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
     assert store.check(URL, key) is False
     assert store.get(URL) == key
-    assert list(store.path.parent.iterdir()) == [store.path]  # no temporary file left
+    left = sorted(p.name for p in store.path.parent.iterdir())
+    assert left == ["known_coordinators", "known_coordinators.lock"]  # no temporary file
 
 
 def test_only_a_first_contact_is_announced(tmp_path: Path) -> None:
@@ -86,6 +87,21 @@ def test_pins_are_per_coordinator_and_spellings_of_one_url_share_a_pin(
     assert normalize("http://example.org") == normalize("http://example.org:80/")
     assert normalize("http://[::1]:8420") == "http://[::1]:8420"
     assert normalize("http://a:1") != normalize("https://a:1")
+
+
+def test_concurrent_first_contacts_keep_every_pin(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "pins"
+    keys = [Identity.generate().public_key_b64 for _ in range(8)]
+    jobs = [(str(path), f"http://127.0.0.1:{9000 + i}", key) for i, key in enumerate(keys)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.starmap(_pin_in_another_process, jobs * 3)
+    assert KnownCoordinators(path).read() == {normalize(url): key for _, url, key in jobs}
+
+
+def _pin_in_another_process(path: str, url: str, key: str) -> None:
+    KnownCoordinators(Path(path)).check(url, key)
 
 
 def test_a_pin_file_others_may_write_is_refused(store: KnownCoordinators) -> None:
