@@ -6,12 +6,17 @@ client, so the tests exercise the real signing code.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp
 
 from gpupool.agent.link import CoordinatorLink
 from gpupool.coordinator.api.app import create_app
@@ -167,3 +172,22 @@ def api(database: SqlDatabase) -> Iterator[Api]:
     app = create_app(settings, database, clock=clock, run_ticker=False)
     with TestClient(app, raise_server_exceptions=False) as http:
         yield Api(http, clock, app.state.services, database)
+
+
+@contextlib.contextmanager
+def live_server(app: ASGIApp, lifespan: str = "on") -> Iterator[str]:
+    """Serve `app` on a real loopback socket (for clients in other processes, and bodies
+    that arrive in pieces, as over a network); yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            threading.Event().wait(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

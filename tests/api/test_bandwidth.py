@@ -3,12 +3,9 @@ and a real measurement over a real socket that sets the connectivity tier bookin
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from gpupool.agent.bandwidth import BandwidthError, BandwidthMeter
 from gpupool.agent.link import CoordinatorLink, LinkError
@@ -17,7 +14,7 @@ from gpupool.coordinator.settings import CoordinatorSettings
 from gpupool.coordinator.storage.database import SqlDatabase
 from gpupool.domain.connectivity import MAX_PROBE_BYTES, MIN_PROBE_BYTES, connectivity_tier
 from gpupool.testing import ManualClock
-from tests.api.conftest import ADMIN_KEY, AgentSim, Api
+from tests.api.conftest import ADMIN_KEY, AgentSim, Api, live_server
 
 
 @pytest.fixture
@@ -82,19 +79,8 @@ def live(database: SqlDatabase) -> Iterator[tuple[str, ManualClock]]:
         db_url=database.url, admin_key=ADMIN_KEY, challenge_size=64, challenge_rows=4
     )
     app = create_app(settings, database, clock=clock, run_ticker=False)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            threading.Event().wait(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", clock
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with live_server(app) as url:
+        yield url, clock
 
 
 def test_a_real_measurement_sets_the_tier_that_bookings_filter_on(

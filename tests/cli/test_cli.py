@@ -45,6 +45,8 @@ def test_help_imports_no_ray_nvml_or_database_driver() -> None:
         ["workers", "list", "--json"],
         ["cluster", "create", "--devices", "2", "--max-price", "1"],
         ["cluster", "connect", "c-whatever", "--out", "/nonexistent/never-written.conf"],
+        ["coordinator", "key"],
+        ["coordinator", "pin", "--json"],
     ],
 )
 def test_unreachable_coordinator_is_one_clear_line(args: list[str]) -> None:

@@ -17,6 +17,7 @@ from gpupool.cli import (
     clusters,
     demo,
     jobs,
+    keys,
     ledger,
     proof,
     serve,
@@ -24,7 +25,7 @@ from gpupool.cli import (
     workers,
 )
 from gpupool.cli.common import CliError, api_error_message, err
-from gpupool.client import ApiError
+from gpupool.client import ApiError, PinError
 
 app = typer.Typer(
     name="gpupool",
@@ -35,6 +36,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(serve.coordinator_app, name="coordinator")
+serve.coordinator_app.command("key")(keys.key)
+serve.coordinator_app.command("pin")(keys.pin)
 app.add_typer(serve.agent_app, name="agent")
 app.add_typer(accounts.app, name="account")
 app.add_typer(workers.app, name="workers")
@@ -73,10 +76,13 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except ApiError as exc:
-        err.print(f"[red]error:[/red] {api_error_message(exc)}", highlight=False)
+        err.print(f"[red]error:[/red] {api_error_message(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except PinError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from gpupool.client import ApiError, Client
+from gpupool.client import ApiError, Client, KnownCoordinators
+from gpupool.client.pins import PinNotice, pin_file
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8420"
 
@@ -60,7 +61,22 @@ class CliError(Exception):
 def client(coordinator: str, key: str | None, need_key: bool = True) -> Client:
     if need_key and not key:
         raise CliError("no API key: set GPUPOOL_KEY or pass --key", 2)
-    return Client(coordinator, key)
+    return Client(coordinator, key, pins=known_coordinators(on_pin=_say_pinned))
+
+
+def known_coordinators(on_pin: PinNotice | None = None) -> KnownCoordinators:
+    """The user's pinned coordinator keys ($GPUPOOL_KNOWN_COORDINATORS overrides the file)."""
+    return KnownCoordinators(pin_file(os.environ, Path.home()), on_pin)
+
+
+def _say_pinned(url: str, key: str) -> None:
+    # as ssh says "Permanently added": the user can still compare the key out of band
+    err.print(
+        f"pinned the coordinator key {key} for {url} (first contact; compare it with "
+        "`gpupool coordinator key --state-dir` on the coordinator's host)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def read_admin_key(admin_key_file: Path | None) -> str:

@@ -15,10 +15,12 @@ from gpupool.cli.common import (
     KeyOpt,
     client,
     err,
+    known_coordinators,
     out,
     print_json,
     table,
 )
+from gpupool.client.pins import normalize
 from gpupool.wire.models import CertificateOut
 
 app = typer.Typer(help="Proof of Time-Lock certificates.", no_args_is_help=True)
@@ -127,28 +129,60 @@ def verify(
         str | None,
         typer.Option(help="Require this coordinator public key (base64), learned out of band."),
     ] = None,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-check a proof offline: signatures, hash chains, coverage and verdict. Exits 1 on
-    any problem."""
+    """Re-check a proof offline: signatures, hash chains, coverage and verdict, against the
+    key given with --coordinator-key or else the one pinned for --coordinator. Exits 1 on any
+    problem, 2 when there is no key to check against."""
     from gpupool.services.proof_files import ProofFolderError, read_folder, verify_folder
 
+    expected, source = expected_key(coordinator_key, coordinator)
     try:
-        problems = verify_folder(folder, coordinator_key)
+        problems = verify_folder(folder, expected)
         cert = read_folder(folder).certificate
     except ProofFolderError as exc:
         raise CliError(str(exc), 2) from exc
     body = cert.get("body", {})
     if json_out:
-        print_json({"verified": not problems, "problems": problems, **summary(body)})
+        print_json(
+            {
+                "verified": not problems,
+                "problems": problems,
+                "coordinator_key": expected,
+                "key_source": source,
+                **summary(body),
+            }
+        )
     elif not problems:
         s = summary(body)
         out.print(
             f"[green]verified[/green]: {body.get('lease')} verdict {s['verdict']}, "
-            f"coverage {s['coverage']:.4f}, {s['violations']} violations"
+            f"coverage {s['coverage']:.4f}, {s['violations']} violations; signed by "
+            f"{expected} ({source})",
+            highlight=False,
+            soft_wrap=True,
         )
     else:
         for problem in problems:
-            err.print(f"[red]✗[/red] {problem}")
+            err.print(f"[red]✗[/red] {problem}", highlight=False, soft_wrap=True)
+        err.print(f"checked against {expected} ({source})", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
+
+
+def expected_key(given: str | None, coordinator: str) -> tuple[str, str]:
+    """The key a proof must be signed by, and where it came from. Never the key the proof
+    names itself: anyone can re-sign a consistent proof with a key of their own."""
+    if given:
+        return given, "given with --coordinator-key"
+    url = normalize(coordinator)
+    pinned = known_coordinators().get(url)
+    if pinned is None:
+        raise CliError(
+            f"no coordinator key to verify against: none is pinned for {url}. Pin it with "
+            f"`gpupool coordinator pin -c {url}` (compare it with `gpupool coordinator key "
+            "--state-dir` on the coordinator's host), or pass --coordinator-key KEY",
+            2,
+        )
+    return pinned, f"pinned for {url}"

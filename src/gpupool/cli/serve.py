@@ -14,7 +14,9 @@ import typer
 
 from gpupool.cli.common import CliError, KeyOpt, err
 
-coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+coordinator_app = typer.Typer(
+    help="Run the coordinator; show or pin its public key.", no_args_is_help=True
+)
 agent_app = typer.Typer(help="Run the agent on a supplier's machine.", no_args_is_help=True)
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "gpupool"

@@ -6,5 +6,6 @@ with Client("http://127.0.0.1:8420", key) as gp:
 """
 
 from gpupool.client.client import ApiError, Client
+from gpupool.client.pins import CoordinatorKeyChanged, KnownCoordinators, PinError
 
-__all__ = ["ApiError", "Client"]
+__all__ = ["ApiError", "Client", "CoordinatorKeyChanged", "KnownCoordinators", "PinError"]

@@ -1,4 +1,10 @@
-"""`Client`: one method per API call, returning the wire models; errors raise `ApiError`."""
+"""`Client`: one method per API call, returning the wire models; errors raise `ApiError`.
+
+Given `pins`, the client checks the key the coordinator names on every answer against the
+pinned one (pinning it if there is none; see `client/pins.py`) before it reads the answer,
+and raises `CoordinatorKeyChanged` on a mismatch. That costs no request, and the pin file
+is read once per client unless the key changes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from gpupool.client.pins import KnownCoordinators
 from gpupool.wire import ledger as wl
 from gpupool.wire import models as w
 from gpupool.wire import ray as r
@@ -30,10 +37,18 @@ def _idempotency(key: str | None) -> dict[str, str] | None:
 
 
 class Client:
-    def __init__(self, base_url: str, key: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        key: str | None = None,
+        timeout: float = 30.0,
+        pins: KnownCoordinators | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._pins = pins
+        self._checked_key: str | None = None
 
     def __enter__(self) -> Client:
         return self
@@ -58,6 +73,8 @@ class Client:
             raise ApiError(
                 0, "unreachable", f"cannot reach the coordinator at {self.base_url}: {exc}"
             ) from exc
+        if self._pins is not None:
+            self._check_key(response)
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -73,7 +90,21 @@ class Client:
             )
         return response.json() if response.content else None
 
+    def _check_key(self, response: httpx.Response) -> None:
+        assert self._pins is not None
+        presented = response.headers.get(w.COORDINATOR_KEY_HEADER)
+        if presented is None and not response.is_success:
+            return  # a proxy's error page, say: nothing to check, and it carries no data
+        if presented is None or presented != self._checked_key:
+            # the first answer, or one naming another key: the pin file decides
+            self._pins.check(self.base_url, presented)
+            self._checked_key = presented
+
     # meta and accounts -------------------------------------------------------------------
+
+    def coordinator_key(self) -> str:
+        data = self._call("GET", "/v1/coordinator/key")
+        return w.CoordinatorKeyOut.model_validate(data).public_key
 
     def health(self) -> dict[str, str]:
         data: dict[str, str] = self._call("GET", "/v1/health")

@@ -106,16 +106,19 @@ def read_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def load(path: Path) -> Identity:
+    """The identity kept at `path` (FileNotFoundError when there is none)."""
+    raw = read_secret(path)
+    try:
+        return Identity(Ed25519PrivateKey.from_private_bytes(unb64(raw.decode().strip())))
+    except ValueError as exc:
+        raise KeyFileError(f"{path} does not hold an Ed25519 private key") from exc
+
+
 def load_or_create(path: Path) -> tuple[Identity, bool]:
     """The identity kept at `path`, created on first use. Returns (identity, created)."""
     if path.exists():
-        raw = read_secret(path)
-        try:
-            return Identity(
-                Ed25519PrivateKey.from_private_bytes(unb64(raw.decode().strip()))
-            ), False
-        except ValueError as exc:
-            raise KeyFileError(f"{path} does not hold an Ed25519 private key") from exc
+        return load(path), False
     identity = Identity.generate()
     write_secret(path, (b64(identity.private_bytes()) + "\n").encode())
     return identity, True

@@ -114,7 +114,10 @@ def _verify(folder: Path, proof: ProofFolder, expected_coordinator_key: str | No
     if not isinstance(body, dict):
         return ["certificate.json has no body"]
     if expected_coordinator_key is not None and key != expected_coordinator_key:
-        problems.append("the certificate is signed by another coordinator key than expected")
+        problems.append(
+            f"the certificate is signed by the coordinator key {key or '(none)'}, "
+            f"not the expected {expected_coordinator_key}"
+        )
     if not _holds(key, cert.get("signature", ""), certificate_message(body)):
         problems.append("the coordinator's signature over the certificate does not verify")
     worker_keys: dict[str, str] = body.get("worker_keys", {})

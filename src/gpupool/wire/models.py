@@ -32,6 +32,17 @@ class ErrorBody(Response):
     message: str
 
 
+# the coordinator's signing key -----------------------------------------------------------
+
+COORDINATOR_KEY_HEADER = "X-Gpupool-Coordinator-Key"
+"""Every response carries the coordinator's public key, so a client that pinned it notices a
+changed key on its next call without asking for it (docs/timelock.md, "Pinned key")."""
+
+
+class CoordinatorKeyOut(Response):
+    public_key: str = Field(description="The Ed25519 key (base64) that signs certificates.")
+
+
 # accounts ------------------------------------------------------------------------------
 
 

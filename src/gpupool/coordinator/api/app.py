@@ -16,7 +16,16 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import gpupool
-from gpupool.coordinator.api import accounts, agents, bandwidth, clusters, errors, ray, workers
+from gpupool.coordinator.api import (
+    accounts,
+    agents,
+    bandwidth,
+    clusters,
+    errors,
+    meta,
+    ray,
+    workers,
+)
 from gpupool.coordinator.api import ledger as ledger_api
 from gpupool.coordinator.api import mesh as mesh_api
 from gpupool.coordinator.api import stakes as stakes_api
@@ -151,7 +160,7 @@ def create_app(
     app.state.services = svc
     app.state.mesh = Mesh(db, clock or SystemClock())
     errors.install(app)
-    for module in (accounts, agents, bandwidth, clusters, ray, workers):
+    for module in (accounts, agents, bandwidth, clusters, meta, ray, workers):
         app.include_router(module.router)
     app.include_router(ray.agent_router)
     app.include_router(mesh_api.agent_router)
@@ -169,4 +178,6 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         larger={bandwidth.PATH: MAX_PROBE_BYTES},
     )
+    # added last, so outermost: even the body limit's 413 names the key
+    app.add_middleware(meta.PresentKey, public_key=svc.timelock.public_key)
     return app
