@@ -20,6 +20,8 @@ from gpupool.wire import models as w
 from gpupool.wire import ray as wr
 from gpupool.wire import tasks as wt
 
+CHECK_TIMEOUT_SECONDS = 120.0  # the coordinator's check of a long chain (docs/challenge.md)
+
 
 class LinkError(Exception):
     """The coordinator answered with an error, or could not be reached (status 0)."""
@@ -183,8 +185,12 @@ class CoordinatorLink:
     def challenge_open(
         self, challenge_id: str, openings: list[dict[str, Any]]
     ) -> w.ChallengeResultOut:
+        # A long chain takes the coordinator seconds to follow (docs/challenge.md): wait for it.
         data = self.call(
-            "POST", f"/v1/agent/challenges/{challenge_id}/open", {"openings": openings}
+            "POST",
+            f"/v1/agent/challenges/{challenge_id}/open",
+            {"openings": openings},
+            timeout=CHECK_TIMEOUT_SECONDS,
         )
         return w.ChallengeResultOut.model_validate(data)
 
