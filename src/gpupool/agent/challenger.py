@@ -41,7 +41,9 @@ class Challenger:
     def _compute(self, c: w.ChallengeOut) -> ChallengeWork:
         seed_a, seed_b = int(c.seed_a, 16), int(c.seed_b, 16)
         spec = self.specs.get(c.device_id.split(":", 1)[-1])
-        if spec is not None and spec.kind is DeviceKind.CPU and spec.cores:
+        # A spot check runs in the agent's own process beside the lease: a child pinned to
+        # the lease's cores would be a foreign process to the lease's guard.
+        if spec is not None and spec.kind is DeviceKind.CPU and spec.cores and not c.lease_id:
             return run_pinned(c.n, seed_a, seed_b, spec.cores, c.steps)  # on its own cores
         return run_challenge(c.n, seed_a, seed_b, steps=c.steps)
 

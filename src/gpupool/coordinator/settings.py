@@ -36,6 +36,12 @@ class CoordinatorSettings:
     challenge_seconds: float = 2.0
     challenge_max_steps: int = 256
     challenge_rtt_allowance_seconds: float = 0.05
+    # Spot checks on leased devices (docs/challenge.md, "Spot checks"): a Poisson rate per
+    # lease hour (hour_seconds), the deadline for the root, and the short chain's size.
+    spot_checks_per_hour: float = 4.0
+    spot_check_deadline_seconds: float = 10.0
+    spot_check_size: int = 4096
+    spot_check_seconds: float = 0.25
     # Ledger (docs/ledger.md): devices enter the pool only with their stake; unstaking waits.
     require_stake: bool = True
     unstake_cooldown_seconds: float = 7 * 24 * 3600.0

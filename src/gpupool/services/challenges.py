@@ -74,6 +74,7 @@ class Challenges:
         rows: int,
         every_seconds: float,
         deadline_seconds: float,
+        spot_deadline_seconds: float = 10.0,
         sizing: Sizing | None = None,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
@@ -83,12 +84,13 @@ class Challenges:
         self.rows = rows
         self.every_seconds = every_seconds
         self.deadline_seconds = deadline_seconds
+        self.spot_deadline_seconds = spot_deadline_seconds
         self.sizing = sizing or Sizing()
         self._random = random_bytes
         self._b_seeds = [random_bytes(8).hex() for _ in range(B_SEEDS)]
         self.pool = BPool(capacity=2 * B_SEEDS)  # every seed at both sizes
 
-    def _expected(self, tx: Transaction, device: Device) -> float | None:
+    def expected(self, tx: Transaction, device: Device) -> float | None:
         """The FLOP/s the claimed model should reach: the table, else for a GPU model it
         lacks the median of earlier passed figures; None for CPU core groups (measured)."""
         if device.spec.kind is DeviceKind.CPU:
@@ -98,6 +100,10 @@ class Challenges:
             reference = tx.proofs.passed_flops(device.spec.model)
             expected = statistics.median(reference) if reference else None
         return expected
+
+    def pool_seed(self) -> str:
+        """One of the pooled B seeds, chosen with the coordinator's randomness."""
+        return self._b_seeds[self._random(1)[0] % len(self._b_seeds)]
 
     def shape(self, expected: float | None) -> tuple[int, int]:
         """(n, steps) for a device expected to reach `expected` FLOP/s."""
@@ -129,7 +135,7 @@ class Challenges:
                 )
                 if not due:
                     continue
-                n, steps = self.shape(self._expected(tx, device))
+                n, steps = self.shape(self.expected(tx, device))
                 record = ChallengeRecord(
                     id=new_id("ch"),
                     device_id=device.id,
@@ -137,7 +143,7 @@ class Challenges:
                     n=n,
                     steps=steps,
                     seed_a=self._random(8).hex(),
-                    seed_b=self._b_seeds[self._random(1)[0] % len(self._b_seeds)],
+                    seed_b=self.pool_seed(),
                     state="issued",
                     issued_at=now,
                 )
@@ -148,9 +154,14 @@ class Challenges:
             tx.workers.bump_lease_version(sorted(touched))  # wake the agents' long polls
         return issued
 
+    def deadline(self, c: ChallengeRecord) -> float:
+        """Seconds from issue by which the root must arrive: a spot check's is short, since
+        an honest device answers it in well under a second (docs/challenge.md)."""
+        return self.spot_deadline_seconds if c.lease_id else self.deadline_seconds
+
     def _expire(self, tx: Transaction, now: float) -> None:
         for c in tx.proofs.challenges(states=OPEN_STATES):
-            if now - c.issued_at <= self.deadline_seconds:
+            if now - c.issued_at <= self.deadline(c):
                 continue
             if c.state == "answered":  # the rows were known: walking away is a wrong answer
                 self._finish(tx, c, "wrong", ABANDONED + "no openings before the deadline", now)
@@ -177,6 +188,15 @@ class Challenges:
     ) -> list[int]:
         """Take the committed Merkle root; only now choose which rows to open."""
         now = self._clock.now()
+        with self._db.transaction() as tx:
+            c = self._own(tx, worker_id, challenge_id)
+            if c.state != "issued":
+                raise Conflict(f"challenge {challenge_id} is {c.state}")
+            late = now - c.issued_at > self.deadline(c)
+            if late:  # judged now, whether or not the ticker has expired it yet
+                self._finish(tx, c, "failed", "the root came after the deadline", now)
+        if late:
+            raise Conflict(f"challenge {challenge_id} is past its deadline")
         with self._db.transaction() as tx:
             c = self._own(tx, worker_id, challenge_id)
             if c.state != "issued":
@@ -214,6 +234,8 @@ class Challenges:
             started = c.delivered_at if c.delivered_at is not None else c.issued_at
             elapsed = (c.answered_at or now) - started
             flops = timed_flops(c.n, c.steps, elapsed, self.sizing.rtt_allowance_seconds)
+            if c.lease_id is not None:  # the renter's work shares the device: in time is enough
+                return self._finish(tx, c, "passed", f"spot check answered in {elapsed:.3g} s", now)
             device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
             # GPUs answer to the table of expected figures (or, for a model it lacks, to what
             # that model measured before); CPU core groups are measured, not judged: their
@@ -262,6 +284,8 @@ class Challenges:
     ) -> ChallengeRecord:
         done = replace(c, state=state, reason=reason, finished_at=now, flops=flops)
         tx.proofs.save_challenge(done)
+        if c.lease_id is not None:
+            return self._finish_spot(tx, done, now)
         fate = {
             "passed": None,
             "failed": DeviceStatus.UNSUPPORTED,
@@ -274,3 +298,15 @@ class Challenges:
             device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
             slash(tx, device, SlashReason.WRONG_ANSWER, f"slash:challenge:{c.id}", now)
         return done
+
+    def _finish_spot(self, tx: Transaction, c: ChallengeRecord, now: float) -> ChallengeRecord:
+        """A spot check's outcome leaves the lease running: a missed, late or wrong answer is
+        a violation on the lease's certificate (which slashes stake to the renter when the
+        lease settles) and voids the device's proof, so it must pass a new challenge after
+        the lease; a wrong answer is fraud and slashes at once as well."""
+        if c.state != "passed":
+            tx.workers.set_verification(c.device_id, verified=False, at=now)
+        if c.state == "wrong":
+            device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
+            slash(tx, device, SlashReason.WRONG_ANSWER, f"slash:challenge:{c.id}", now)
+        return c

@@ -205,6 +205,7 @@ class ChallengeRecord:
     finished_at: float | None = None
     steps: int = 1  # chained multiplications, sized from the claimed model
     delivered_at: float | None = None  # the coordinator's clock when the agent first got it
+    lease_id: str | None = None  # a spot check during this lease; None: an idle device's
 
 
 class ProofRepo(Protocol):
@@ -233,7 +234,11 @@ class ProofRepo(Protocol):
     def save_challenge(self, record: ChallengeRecord) -> None: ...
     def challenge(self, challenge_id: str) -> ChallengeRecord | None: ...
     def challenges(
-        self, *, worker_id: str | None = None, states: Sequence[str] = ()
+        self,
+        *,
+        worker_id: str | None = None,
+        states: Sequence[str] = (),
+        lease_id: str | None = None,
     ) -> list[ChallengeRecord]: ...
     def passed_flops(self, model: str, limit: int = 50) -> list[float]: ...
 

@@ -172,6 +172,9 @@ class ChallengeOut(Response):
     steps: int = Field(
         1, ge=1, description="Chained multiplications: X_1 = A B, X_(t+1) = g(X_t) B."
     )
+    lease_id: str | None = Field(
+        None, description="Set for a spot check on a leased device: answer it beside the lease."
+    )
 
 
 class ProbePeerOut(Response):

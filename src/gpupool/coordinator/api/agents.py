@@ -49,6 +49,7 @@ def _assignments(
                 seed_a=c.seed_a,
                 seed_b=c.seed_b,
                 steps=c.steps,
+                lease_id=c.lease_id,
             )
             for c in svc.challenges.pending(worker_id)
         ],

@@ -47,6 +47,7 @@ from gpupool.services.ports import Clock, Database, SystemClock
 from gpupool.services.raycluster import RayClusters
 from gpupool.services.registry import Registry
 from gpupool.services.settlement import Settlement
+from gpupool.services.spot_checks import SpotChecks
 from gpupool.services.stake import Stakes
 from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
@@ -57,6 +58,21 @@ log = logging.getLogger("gpupool.coordinator")
 def build_services(
     settings: CoordinatorSettings, db: Database, clock: Clock, placement: Placement | None = None
 ) -> Services:
+    challenges = Challenges(
+        db,
+        clock,
+        size=settings.challenge_size,
+        rows=settings.challenge_rows,
+        every_seconds=settings.challenge_every_seconds,
+        deadline_seconds=settings.challenge_deadline_seconds,
+        spot_deadline_seconds=settings.spot_check_deadline_seconds,
+        sizing=Sizing(
+            gpu_size=settings.challenge_gpu_size,
+            target_seconds=settings.challenge_seconds,
+            max_steps=settings.challenge_max_steps,
+            rtt_allowance_seconds=settings.challenge_rtt_allowance_seconds,
+        ),
+    )
     return Services(
         settings=settings,
         accounts=Accounts(db, clock, settings.admin_key),
@@ -70,19 +86,15 @@ def build_services(
             settings.provision_deadline_seconds,
             require_stake=settings.require_stake,
         ),
-        challenges=Challenges(
+        challenges=challenges,
+        spot_checks=SpotChecks(
             db,
             clock,
-            size=settings.challenge_size,
-            rows=settings.challenge_rows,
-            every_seconds=settings.challenge_every_seconds,
-            deadline_seconds=settings.challenge_deadline_seconds,
-            sizing=Sizing(
-                gpu_size=settings.challenge_gpu_size,
-                target_seconds=settings.challenge_seconds,
-                max_steps=settings.challenge_max_steps,
-                rtt_allowance_seconds=settings.challenge_rtt_allowance_seconds,
-            ),
+            challenges,
+            per_hour=settings.spot_checks_per_hour,
+            hour_seconds=settings.hour_seconds,
+            size=settings.spot_check_size,
+            target_seconds=settings.spot_check_seconds,
         ),
         timelock=TimeLock(
             db,
@@ -110,7 +122,10 @@ def tick(svc: Services) -> None:
     if down:
         log.warning("event=workers_down workers=%s", ",".join(down))
     svc.market.tick()
-    svc.challenges.issue_due()
+    svc.challenges.issue_due()  # also judges overdue challenges, spot checks among them
+    spot = svc.spot_checks.tick()
+    if spot:
+        log.info("event=spot_checks devices=%s", ",".join(c.device_id for c in spot))
     certified = svc.timelock.certify_due()
     if certified:
         log.info("event=certified leases=%s", ",".join(certified))

@@ -24,6 +24,7 @@ from gpupool.services.market import Market
 from gpupool.services.raycluster import RayClusters
 from gpupool.services.registry import Registry
 from gpupool.services.settlement import Settlement
+from gpupool.services.spot_checks import SpotChecks
 from gpupool.services.stake import Stakes
 from gpupool.services.tasks import Tasks
 from gpupool.services.timelock import TimeLock
@@ -37,6 +38,7 @@ class Services:
     registry: Registry
     market: Market
     challenges: Challenges
+    spot_checks: SpotChecks
     timelock: TimeLock
     ray: RayClusters
     ledger: Ledger

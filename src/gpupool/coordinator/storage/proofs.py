@@ -210,11 +210,17 @@ class SqlProofs:
         return _challenge(row) if row else None
 
     def challenges(
-        self, *, worker_id: str | None = None, states: Sequence[str] = ()
+        self,
+        *,
+        worker_id: str | None = None,
+        states: Sequence[str] = (),
+        lease_id: str | None = None,
     ) -> list[ChallengeRecord]:
         query = challenges.select().order_by(challenges.c.issued_at)
         if worker_id is not None:
             query = query.where(challenges.c.worker_id == worker_id)
+        if lease_id is not None:
+            query = query.where(challenges.c.lease_id == lease_id)
         if states:
             query = query.where(challenges.c.state.in_(states))
         return [_challenge(r) for r in self._c.execute(query)]
@@ -228,6 +234,7 @@ class SqlProofs:
                 devices.c.model == model,
                 challenges.c.state == "passed",
                 challenges.c.flops.is_not(None),
+                challenges.c.lease_id.is_(None),  # spot checks are sized differently
             )
             .order_by(challenges.c.finished_at.desc())
             .limit(limit)
@@ -254,6 +261,7 @@ def _challenge_values(r: ChallengeRecord) -> dict[str, Any]:
         "finished_at": r.finished_at,
         "steps": r.steps,
         "delivered_at": r.delivered_at,
+        "lease_id": r.lease_id,
     }
 
 
@@ -276,4 +284,5 @@ def _challenge(row: Any) -> ChallengeRecord:
         finished_at=row.finished_at,
         steps=row.steps,
         delivered_at=row.delivered_at,
+        lease_id=row.lease_id,
     )

@@ -215,8 +215,10 @@ challenges = sa.Table(
     sa.Column("finished_at", sa.Double),
     sa.Column("steps", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("delivered_at", sa.Double),
+    sa.Column("lease_id", sa.String(32)),  # spot checks: the lease they ran under
     sa.Index("ix_challenges_device", "device_id"),
     sa.Index("ix_challenges_state", "state"),
+    sa.Index("ix_challenges_lease", "lease_id"),
 )
 
 # Ray on each lease (docs/ray.md): one row per worker of the lease, as its agent reports it.
