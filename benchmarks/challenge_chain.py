@@ -6,7 +6,8 @@ verifier's time per claimed model class.
 For each class the coordinator's default sizing (services/challenges.py `Sizing`) gives n and
 the number of links. Measured here, on this machine's CPU:
 - the agent's fixed work on the host whatever the device (generating A and B, hashing the
-  last product into the Merkle tree), which an honest GPU also pays inside the timed window;
+  last product into the Merkle tree, on up to 8 threads), which an honest GPU also pays
+  inside the timed window;
 - one link (an n x n by n x n product and the fold) with NumPy, from which a CPU answering
   the whole chain correctly is extrapolated: what an impersonating CPU would need;
 - the coordinator's check end to end on correct openings: following k rows through the
@@ -26,6 +27,7 @@ import time
 
 import numpy as np
 
+from gpupool.agent.challenge import HOST_THREADS, host_operand
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.challenge import (
     MIN_RATIO,
@@ -52,11 +54,11 @@ def _shape(model: str, sizing: Sizing) -> tuple[int, int]:
 def host_work(n: int) -> tuple[float, float]:
     """Seconds to generate A and B, and to hash an n x n int32 product into the tree."""
     started = time.perf_counter()
-    a, b = operand(1, n), operand(2, n)
+    a, b = host_operand(1, n), host_operand(2, n)
     generated = time.perf_counter() - started
     product = (a[:1] @ b).astype(np.int32).repeat(n, axis=0)  # any n x n int32 will do
     started = time.perf_counter()
-    MerkleTree(row_leaves(product))
+    MerkleTree(row_leaves(product, HOST_THREADS))
     return generated, time.perf_counter() - started
 
 

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpupool.crypto.merkle import MerkleTree, row_leaves
-from gpupool.domain.challenge import fold, operand
+from gpupool.domain.challenge import fold, matrix_rows, operand
 
 BACKENDS = ("auto", "gpu", "numpy", "torch-cuda", "cupy")
 # (A, B, steps) -> (the chain's last product, seconds of the timed multiplications)
@@ -164,6 +165,26 @@ def select_backend(backend: str = "auto") -> tuple[str, Multiply]:
     raise ChallengeUnsupported(f"backend {backend!r}: no usable torch.cuda or CuPy device")
 
 
+HOST_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+def host_operand(seed: int, n: int, workers: int = HOST_THREADS) -> npt.NDArray[np.float32]:
+    """`operand(seed, n)` generated on `workers` threads in row blocks (NumPy's ufuncs let
+    go of the GIL): generation is host work inside the coordinator's timed window."""
+    if workers <= 1 or n < 256:
+        return operand(seed, n)
+    out = np.empty((n, n), dtype=np.float32)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+
+    def block(i: int) -> None:
+        rows = np.arange(bounds[i], bounds[i + 1])
+        out[bounds[i] : bounds[i + 1]] = matrix_rows(seed, n, rows)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(block, range(workers)))
+    return out
+
+
 def run_challenge(
     n: int, seed_a: int, seed_b: int, backend: str = "auto", steps: int = 1
 ) -> ChallengeWork:
@@ -172,10 +193,11 @@ def run_challenge(
     if steps < 1:
         raise ValueError("a chain has at least one step")
     name, multiply = select_backend(backend)
-    a, b = operand(seed_a, n), operand(seed_b, n)
+    a, b = host_operand(seed_a, n), host_operand(seed_b, n)
     product, seconds = multiply(a, b, steps)
     product = np.ascontiguousarray(product, dtype=np.int32)
-    return ChallengeWork(n, product, MerkleTree(row_leaves(product)), seconds, name)
+    tree = MerkleTree(row_leaves(product, HOST_THREADS))
+    return ChallengeWork(n, product, tree, seconds, name)
 
 
 def open_rows(work: ChallengeWork, indices: Sequence[int]) -> list[dict[str, Any]]:

@@ -88,3 +88,14 @@ def test_numpy_chain_equals_the_coordinators_rows() -> None:
     assert np.array_equal(work.product, want)
     with pytest.raises(ValueError, match="at least one step"):
         run_challenge(n, 5, 6, backend="numpy", steps=0)
+
+
+def test_host_generation_and_hashing_on_threads_give_the_same_bits() -> None:
+    from gpupool.agent.challenge import host_operand
+    from gpupool.crypto.merkle import row_leaves
+    from gpupool.domain.challenge import operand
+
+    for n, workers in [(300, 3), (517, 2), (256, 8)]:  # uneven blocks too
+        assert np.array_equal(host_operand(5, n, workers), operand(5, n))
+    product = (operand(1, 200) @ operand(2, 200)).astype(np.int32)
+    assert row_leaves(product, workers=3) == row_leaves(product)
