@@ -1,11 +1,20 @@
-"""The anomaly model: per device model, running statistics of what verified leases showed.
+"""The anomaly model: per device model, running statistics of what verified leases showed,
+starting from priors that the board's physics gives.
 
-For each feature (utilization, memory in use, and watts per utilization point while the
-board is busy) the model keeps a count, mean and sum of squared deviations, updated with
-Welford's method and merged with Chan's formula, so it learns one lease at a time and
-replicas can combine partial models. A lease's score is the share of its samples that are
-either beyond `Z_LIMIT` standard deviations on some feature or flagged by the telemetry
-rules. Why plain statistics and not River or scikit-learn: docs/timelock.md.
+For each feature (utilization, memory in use, watts per utilization point while the board is
+busy, and how far temperature and memory move from one sample to the next) the model keeps
+a count, mean and sum of squared deviations, updated with Welford's method and merged with
+Chan's formula, so it learns one lease at a time and replicas can combine partial models.
+
+A GPU model in the board power table has a prior for the physical features (`prior`): what
+its board draws per utilization point, and that a die's temperature and a job's memory move
+little in a second. The prior counts as `PRIOR_OBSERVATIONS` samples, so learned leases
+refine it and, after a few hours of them, outweigh it. Features without a prior
+(utilization and memory, which depend on the renter's workload) are scored once the model
+has learned `MIN_LEASES` leases. A lease's score is the share of its samples beyond
+`Z_LIMIT` standard deviations on some scored feature; the telemetry flags are not in it,
+they cost pay on their own (payout.py). Why plain statistics and not River or scikit-learn:
+docs/timelock.md.
 """
 
 from __future__ import annotations
@@ -16,13 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpupool.domain.errors import InvalidRequest
+from gpupool.domain.models import DeviceKind
 from gpupool.domain.timelock.samples import Sample
-from gpupool.domain.timelock.telemetry import BUSY_UTILIZATION_PCT, Flag
+from gpupool.domain.timelock.telemetry import BUSY_UTILIZATION_PCT, DeviceProfile, board_power
 
 UTILIZATION = "utilization_pct"
 MEMORY = "memory_mb"
 POWER_PER_UTILIZATION = "power_w_per_pct"
-FEATURES = (UTILIZATION, MEMORY, POWER_PER_UTILIZATION)
+TEMPERATURE_STEP = "temperature_step_c"
+MEMORY_STEP = "memory_step_mb"
+FEATURES = (UTILIZATION, MEMORY, POWER_PER_UTILIZATION, TEMPERATURE_STEP, MEMORY_STEP)
 
 # A sample is an outlier when some feature is this many standard deviations from the mean:
 # under a normal law that happens once in 16,000 samples, so a real share of such samples
@@ -36,8 +48,34 @@ MIN_LEASES = 5
 # The smallest standard deviation a z-score divides by. Workloads differ: a history of only
 # full-load leases must not make a lease at half load look forged. Floors are about a tenth
 # of each feature's usual range.
-STD_FLOOR = {UTILIZATION: 10.0, MEMORY: 2048.0, POWER_PER_UTILIZATION: 0.5}
+STD_FLOOR = {
+    UTILIZATION: 10.0,
+    MEMORY: 2048.0,
+    POWER_PER_UTILIZATION: 0.5,
+    TEMPERATURE_STEP: 1.0,
+    MEMORY_STEP: 512.0,
+}
 NOT_ENOUGH_HISTORY = "not enough history"
+
+# Steps are taken between consecutive samples at most this far apart (the sampling interval
+# is 1 s; a late sample is still a neighbour, a gap is not).
+MAX_STEP_GAP_MS = 2_500
+# A prior weighs as much as ten minutes of samples: enough that one odd lease cannot drag
+# it, little enough that a few verified hours of a model outweigh it.
+PRIOR_OBSERVATIONS = 600
+# What a rented board typically shows while busy: about 85 % utilization at about half of
+# its idle-to-maximum power span, and a spread of 15 % of that span around it. Wide on
+# purpose: NVML's utilization is the share of time any kernel ran, so honest work lies
+# anywhere from a third of the board's power to its maximum.
+PRIOR_BUSY_UTILIZATION_PCT = 85
+PRIOR_POWER_SHARE = 0.55
+PRIOR_POWER_SPREAD = 0.15
+# A die's temperature moves by a degree or so a second under a steady load (heatsink and die
+# have tens of seconds of thermal time constant); a step of 5 C or more is an outlier.
+PRIOR_TEMPERATURE_STEP = (0.5, 1.0)  # mean, standard deviation, C per sample
+# A job allocates its memory and keeps it (caching allocators); the prior's deviation is 1 %
+# of the board's memory per sample, so only multi-gigabyte moves every second stand out.
+PRIOR_MEMORY_STEP_SHARE = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +118,7 @@ class FeatureStats:
         return math.sqrt(max(self.variance, 0.0))
 
 
-def features(s: Sample) -> dict[str, float]:
+def features(s: Sample, before: Sample | None = None) -> dict[str, float]:
     """The features a sample shows; power per utilization point only while busy, where the
     ratio is steady enough to compare (near idle it divides by almost nothing)."""
     found: dict[str, float] = {}
@@ -91,7 +129,51 @@ def features(s: Sample) -> dict[str, float]:
     util, mw = s.utilization_pct, s.power_mw
     if util is not None and mw is not None and util >= BUSY_UTILIZATION_PCT:
         found[POWER_PER_UTILIZATION] = mw / 1000 / util
+    # Steps only on boards with a power sensor (GPUs): a CPU group's memory is the host's,
+    # shared and paged, and it has no die sensor of its own.
+    if (
+        before is not None
+        and mw is not None
+        and before.power_mw is not None
+        and 0 < s.time_ms - before.time_ms <= MAX_STEP_GAP_MS
+    ):
+        if s.temperature_c is not None and before.temperature_c is not None:
+            found[TEMPERATURE_STEP] = float(abs(s.temperature_c - before.temperature_c))
+        if s.memory_mb is not None and before.memory_mb is not None:
+            found[MEMORY_STEP] = float(abs(s.memory_mb - before.memory_mb))
     return found
+
+
+def chain_features(samples: Sequence[Sample]) -> list[dict[str, float]]:
+    """`features` of each sample of one device's chain (seq order), steps from the one
+    before."""
+    return [features(s, samples[i - 1] if i else None) for i, s in enumerate(samples)]
+
+
+def _prior_stats(mean: float, std: float) -> FeatureStats:
+    return FeatureStats(PRIOR_OBSERVATIONS, mean, std * std * (PRIOR_OBSERVATIONS - 1))
+
+
+def prior(profile: DeviceProfile) -> ModelStats:
+    """What the board's physics says before any lease is learned; no features for a device
+    the board power table lacks (CPUs, unknown GPUs)."""
+    power = board_power(profile.model) if profile.kind is DeviceKind.GPU else None
+    if power is None:
+        return ModelStats(profile.model)
+    span = power.max_w - power.idle_w
+    busy_w = power.idle_w + PRIOR_POWER_SHARE * span
+    return ModelStats(
+        profile.model,
+        0,
+        {
+            POWER_PER_UTILIZATION: _prior_stats(
+                busy_w / PRIOR_BUSY_UTILIZATION_PCT,
+                PRIOR_POWER_SPREAD * span / PRIOR_BUSY_UTILIZATION_PCT,
+            ),
+            TEMPERATURE_STEP: _prior_stats(*PRIOR_TEMPERATURE_STEP),
+            MEMORY_STEP: _prior_stats(0.0, PRIOR_MEMORY_STEP_SHARE * profile.memory_mb),
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +190,8 @@ class ModelStats:
     def learn(self, samples: Sequence[Sample]) -> ModelStats:
         """The model after one more verified lease (its samples on one device)."""
         learned = {name: self.stats(name) for name in FEATURES}
-        for s in samples:
-            for name, x in features(s).items():
+        for row in chain_features(samples):
+            for name, x in row.items():
                 learned[name] = learned[name].update(x)
         return ModelStats(self.model, self.leases + 1, learned)
 
@@ -156,42 +238,49 @@ class AnomalyScore:
         return round(self.value * 1_000_000)
 
 
-def score(
-    model_stats: ModelStats, samples: Sequence[Sample], flags: Iterable[Flag] = ()
-) -> AnomalyScore:
-    """Share of `samples` (one device's chain) that are outliers or flagged, in [0, 1].
+def scored_features(model_stats: ModelStats, profile: DeviceProfile) -> dict[str, FeatureStats]:
+    """The statistics each feature is scored against: the prior refined by what was learned
+    where a prior exists; otherwise what was learned, once there is enough of it."""
+    base = prior(profile)
+    enough = model_stats.leases >= MIN_LEASES
+    known: dict[str, FeatureStats] = {}
+    for name in FEATURES:
+        learned = model_stats.stats(name)
+        if base.stats(name).n:
+            known[name] = base.stats(name).merge(learned)
+        elif enough and learned.n >= MIN_OBSERVATIONS:
+            known[name] = learned
+    return known
 
-    0 with reason "not enough history" while the model has seen fewer than `MIN_LEASES`
-    leases or no feature has `MIN_OBSERVATIONS`: early on, the flags alone speak (the
-    certificate counts them separately).
+
+def score(
+    model_stats: ModelStats, samples: Sequence[Sample], profile: DeviceProfile
+) -> AnomalyScore:
+    """Share of `samples` (one device's chain, seq order) that are outliers, in [0, 1].
+
+    0 with reason "not enough history" when no feature can be scored yet: a device without
+    priors whose model has seen fewer than `MIN_LEASES` leases or `MIN_OBSERVATIONS` values.
     """
-    known = {
-        name: f
-        for name, f in model_stats.features.items()
-        if name in STD_FLOOR and f.n >= MIN_OBSERVATIONS
-    }
-    if model_stats.leases < MIN_LEASES or not known:
+    known = scored_features(model_stats, profile)
+    if not known:
         return AnomalyScore(0.0, NOT_ENOUGH_HISTORY, 0)
     if not samples:
         return AnomalyScore(0.0, "no samples", 0)
-    outliers: set[int] = set()
+    outliers = 0
     worst: dict[str, int] = {}
-    for s in samples:
+    for row in chain_features(samples):
         zs = {
             name: abs(x - known[name].mean) / max(known[name].std, STD_FLOOR[name])
-            for name, x in features(s).items()
+            for name, x in row.items()
             if name in known
         }
         if zs and max(zs.values()) > Z_LIMIT:
-            outliers.add(s.seq)
+            outliers += 1
             top = max(zs, key=lambda name: zs[name])
             worst[top] = worst.get(top, 0) + 1
-    flagged = {f.seq for f in flags}
-    odd = outliers | flagged
-    value = min(1.0, len(odd) / len(samples))
     beyond = ", ".join(f"{name} {count}" for name, count in sorted(worst.items()))
     reason = (
-        f"{len(outliers)} of {len(samples)} samples beyond {Z_LIMIT:g} standard deviations"
-        f"{f' ({beyond})' if beyond else ''}; {len(flagged)} flagged by telemetry rules"
+        f"{outliers} of {len(samples)} samples beyond {Z_LIMIT:g} standard deviations"
+        f"{f' ({beyond})' if beyond else ''}"
     )
-    return AnomalyScore(value, reason, len(samples))
+    return AnomalyScore(outliers / len(samples), reason, len(samples))

@@ -20,6 +20,7 @@ from typing import Any
 from gpupool.domain.errors import InvalidRequest
 from gpupool.domain.models import DeviceKind
 from gpupool.domain.timelock.certificate import (
+    VERSION,
     DeviceResult,
     beacons_used,
     certificate_body,
@@ -112,8 +113,11 @@ class _Meta:
 
     @classmethod
     def read(cls, body: Mapping[str, Any]) -> _Meta:
-        if body.get("version") != 1:
-            raise InvalidRequest(f"unknown certificate version {body.get('version')!r}")
+        if body.get("version") != VERSION:
+            raise InvalidRequest(
+                f"certificate version {body.get('version')!r}; this verifier checks the rules"
+                f" of version {VERSION}"
+            )
         devices = body["devices"]
         if not isinstance(devices, list) or not all(isinstance(e, Mapping) for e in devices):
             raise InvalidRequest("devices must be a list of objects")
@@ -178,7 +182,7 @@ def _recompute(
         t1_ms=meta.t1_ms,
         t_end_ms=meta.t_end_ms,
         interval_ms=meta.interval_ms,
-        flags_count=len(flags),
+        flags=flags,
         anomaly_ppm=_int(entry, "anomaly_ppm"),
         anomaly_reason=str(entry["anomaly_reason"]),
     )
