@@ -65,6 +65,15 @@ def renter(api: Api) -> str:
     return api.account("renter", "renter")
 
 
+def agent_recorder(api: Api, sim: AgentSim, chains: Path) -> Recorder:
+    """The agent's own recorder on `sim`'s link and key, on the test's clock, with a beacon."""
+    recorder = Recorder(
+        sim.link, sim.identity, ChainStore(chains), now_ms=lambda: round(api.clock.now() * 1000)
+    )
+    recorder.refresh_beacon()
+    return recorder
+
+
 def _lease(api: Api, renter: str, sim: AgentSim, tmp_path: Path, devices: int = 1) -> Leased:
     r = api.book(renter, devices=devices)
     assert r.status_code == 201, r.text
@@ -73,13 +82,7 @@ def _lease(api: Api, renter: str, sim: AgentSim, tmp_path: Path, devices: int = 
         for device in lease.local_devices:
             for state in ("provisioning", "ready"):
                 sim.link.report(lease.lease_id, device, state)
-    recorder = Recorder(
-        sim.link,
-        sim.identity,
-        ChainStore(tmp_path / f"chains-{cluster['id']}.json"),
-        now_ms=lambda: round(api.clock.now() * 1000),
-    )
-    recorder.refresh_beacon()
+    recorder = agent_recorder(api, sim, tmp_path / f"chains-{cluster['id']}.json")
     return Leased(
         sim, cluster["lease_id"], cluster["id"], cluster["members"][0]["device_id"], recorder
     )

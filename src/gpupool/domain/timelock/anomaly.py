@@ -6,11 +6,12 @@ busy, and how far temperature and memory move from one sample to the next) the m
 a count, mean and sum of squared deviations, updated with Welford's method and merged with
 Chan's formula, so it learns one lease at a time and replicas can combine partial models.
 
-A GPU model in the board power table has a prior for the physical features (`prior`): what
-its board draws per utilization point, and that a die's temperature and a job's memory move
-little in a second. The prior counts as `PRIOR_OBSERVATIONS` samples, so learned leases
-refine it and, after a few hours of them, outweigh it. Features without a prior
-(utilization and memory, which depend on the renter's workload) are scored once the model
+Only the features whose honest range the board's physics bounds are scored (`SCORED`):
+what the renter runs is not the supplier's doing. A GPU model in the board power table has a
+prior for each (`prior`): what its board draws per utilization point, and that a die's
+temperature and a job's memory move little in a second. The prior weighs as much as
+`PRIOR_LEASES` learned leases, so learned leases refine it and, after a few dozen of them,
+outweigh it (`blend`). Without a prior (an unknown GPU) a feature is scored once the model
 has learned `MIN_LEASES` leases. A lease's score is the share of its samples beyond
 `Z_LIMIT` standard deviations on some scored feature; the telemetry flags are not in it,
 they cost pay on their own (payout.py). Why plain statistics and not River or scikit-learn:
@@ -35,6 +36,11 @@ POWER_PER_UTILIZATION = "power_w_per_pct"
 TEMPERATURE_STEP = "temperature_step_c"
 MEMORY_STEP = "memory_step_mb"
 FEATURES = (UTILIZATION, MEMORY, POWER_PER_UTILIZATION, TEMPERATURE_STEP, MEMORY_STEP)
+# Only features whose honest range the board sets are scored. Utilization and memory in use
+# are the renter's choice: scored, a model that learned five small jobs failed half of the
+# honest large ones (benchmarks/telemetry_cheats.py), and the supplier paid for it. They
+# are still learned, as a record of how the model is used.
+SCORED = (POWER_PER_UTILIZATION, TEMPERATURE_STEP, MEMORY_STEP)
 
 # A sample is an outlier when some feature is this many standard deviations from the mean:
 # under a normal law that happens once in 16,000 samples, so a real share of such samples
@@ -60,9 +66,11 @@ NOT_ENOUGH_HISTORY = "not enough history"
 # Steps are taken between consecutive samples at most this far apart (the sampling interval
 # is 1 s; a late sample is still a neighbour, a gap is not).
 MAX_STEP_GAP_MS = 2_500
-# A prior weighs as much as ten minutes of samples: enough that one odd lease cannot drag
-# it, little enough that a few verified hours of a model outweigh it.
-PRIOR_OBSERVATIONS = 600
+# The prior weighs as much as the leases the model used to wait for before it scored at all.
+# Learned statistics are weighed by leases, not samples: a lease's samples are strongly
+# correlated, so an hour of one workload is one observation of the device model, and two
+# leases must not narrow the prior to those two workloads.
+PRIOR_LEASES = MIN_LEASES
 # What a rented board typically shows while busy: about 85 % utilization at about half of
 # its idle-to-maximum power span, and a spread of 15 % of that span around it. Wide on
 # purpose: NVML's utilization is the share of time any kernel ran, so honest work lies
@@ -151,7 +159,21 @@ def chain_features(samples: Sequence[Sample]) -> list[dict[str, float]]:
 
 
 def _prior_stats(mean: float, std: float) -> FeatureStats:
-    return FeatureStats(PRIOR_OBSERVATIONS, mean, std * std * (PRIOR_OBSERVATIONS - 1))
+    return FeatureStats(2, mean, std * std)  # two observations carry exactly this variance
+
+
+def blend(prior: FeatureStats, learned: FeatureStats, leases: int) -> FeatureStats:
+    """The mixture of the prior (weight `PRIOR_LEASES`) and what `leases` leases taught
+    (weight `leases`): its mean, and its variance, which includes how far the two means lie
+    apart."""
+    if leases <= 0 or learned.n < 2:
+        return prior
+    w = leases / (leases + PRIOR_LEASES)
+    mean = (1 - w) * prior.mean + w * learned.mean
+    spread = (learned.mean - prior.mean) ** 2
+    variance = (1 - w) * prior.variance + w * learned.variance + w * (1 - w) * spread
+    n = prior.n + learned.n
+    return FeatureStats(n, mean, variance * (n - 1))
 
 
 def prior(profile: DeviceProfile) -> ModelStats:
@@ -244,10 +266,10 @@ def scored_features(model_stats: ModelStats, profile: DeviceProfile) -> dict[str
     base = prior(profile)
     enough = model_stats.leases >= MIN_LEASES
     known: dict[str, FeatureStats] = {}
-    for name in FEATURES:
+    for name in SCORED:
         learned = model_stats.stats(name)
         if base.stats(name).n:
-            known[name] = base.stats(name).merge(learned)
+            known[name] = blend(base.stats(name), learned, model_stats.leases)
         elif enough and learned.n >= MIN_OBSERVATIONS:
             known[name] = learned
     return known

@@ -16,7 +16,7 @@ from gpupool.domain.timelock.anomaly import (
     MIN_LEASES,
     NOT_ENOUGH_HISTORY,
     POWER_PER_UTILIZATION,
-    PRIOR_OBSERVATIONS,
+    PRIOR_LEASES,
     FeatureStats,
     ModelStats,
     prior,
@@ -131,16 +131,25 @@ def test_a_board_in_the_power_table_is_scored_from_its_first_lease() -> None:
     assert "temperature_step_c" in forged.reason and "memory_step_mb" in forged.reason
 
 
-def test_the_prior_weighs_as_prior_observations_and_learning_outweighs_it() -> None:
+def test_the_prior_weighs_as_prior_leases_and_learning_outweighs_it() -> None:
     base = prior(H100).stats(POWER_PER_UTILIZATION)
-    assert base.n == PRIOR_OBSERVATIONS
-    learned = trained()
-    refined = scored_features(learned, H100)[POWER_PER_UTILIZATION]
-    own = learned.stats(POWER_PER_UTILIZATION)
-    assert refined.n == base.n + own.n
-    # the refined mean sits between the prior's and the learned one, nearer the learned
-    assert abs(refined.mean - own.mean) < abs(refined.mean - base.mean)
+    for leases in (1, PRIOR_LEASES, 4 * PRIOR_LEASES):
+        learned = trained(leases=leases)
+        refined = scored_features(learned, H100)[POWER_PER_UTILIZATION]
+        own = learned.stats(POWER_PER_UTILIZATION)
+        w = leases / (leases + PRIOR_LEASES)  # docs/timelock.md: weights by leases
+        assert refined.mean == pytest.approx((1 - w) * base.mean + w * own.mean)
+        assert refined.std >= min(base.std, own.std)  # a mixture is never narrower
     assert prior(CPU).features == {} and prior(UNKNOWN_GPU).features == {}
+
+
+def test_two_learned_workloads_do_not_narrow_the_prior_onto_them() -> None:
+    # Two leases at 90 % and 0.8 of the board's span: a third at 0.4 of it is honest work.
+    two = trained(leases=2)
+    lighter: list[Reading] = [
+        (u, 30_000, round(70_000 + 6_300 * u * 0.4), 60) for u in (60, 62, 65) * 100
+    ]
+    assert score(two, lease(lighter), H100).value == 0.0
 
 
 def test_a_lease_like_the_history_scores_near_zero() -> None:
@@ -151,9 +160,12 @@ def test_a_lease_like_the_history_scores_near_zero() -> None:
 
 def test_power_far_below_what_the_model_draws_per_utilization_scores_high() -> None:
     # 150 W at 90 %: clears the telemetry floor, but an H100 doing this work draws ~550 W.
+    # Once four times the prior's weight in leases showed this work, the band is narrow enough.
     shifted: list[Reading] = [(90, 30_000, 150_000 + i % 500, 60) for i in range(300)]
-    result = score(trained(), lease(shifted), H100)
+    result = score(trained(leases=4 * PRIOR_LEASES), lease(shifted), H100)
     assert result.value > 0.9
     assert "power_w_per_pct" in result.reason
-    # the prior alone is too wide to call it: honest memory-bound work draws this little
+    # the prior alone, or with a few leases, is too wide to call it: honest memory-bound work
+    # draws this little
     assert score(ModelStats(H100.model), lease(shifted), H100).value == 0.0
+    assert score(trained(), lease(shifted), H100).value == 0.0
