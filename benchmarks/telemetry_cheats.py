@@ -86,6 +86,11 @@ def made_up(rng: random.Random) -> Trace:
     ]
 
 
+def steady_memory(rng: random.Random) -> Trace:
+    """Made up as above, but with memory held steady: only temperature still jumps."""
+    return [(LEASE, (u, 30_000, p, t)) for _, (u, _, p, t) in made_up(rng)]
+
+
 def low_power(rng: random.Random) -> Trace:
     """Busy at 140-200 W (an H100 that is not working draws about that), over the rules'
     floor, with smooth temperature and steady memory."""
@@ -98,7 +103,8 @@ def low_power(rng: random.Random) -> Trace:
 
 
 def careful(rng: random.Random) -> Trace:
-    """A forger who models the physics: what a real trace looks like, without the board."""
+    """A forger who models the physics (or replays real traces): the honest generator, on
+    seeds of its own."""
     return honest(rng)
 
 
@@ -107,6 +113,7 @@ KINDS: dict[str, Callable[[random.Random], Trace]] = {
     "constant-values": constant,
     "listed-miner": listed_miner,
     "made-up": made_up,
+    "made-up, steady memory": steady_memory,
     "low-power": low_power,
     "careful-forger": careful,
 }
@@ -148,13 +155,15 @@ def main() -> None:
     figures: dict[str, Any] = {}
     for kind, make in KINDS.items():
         for name, model in models.items():
-            results = [judge(make(random.Random(seed)), model) for seed in range(args.leases)]
+            results = [
+                judge(make(random.Random(f"{kind}:{seed}")), model) for seed in range(args.leases)
+            ]
             figures[f"{kind}/{name}"] = (
                 [r.payout_ppm for r in results],
                 [r.verdict.value for r in results],
             )
     print(f"{args.leases} one-hour H100 leases per kind; model learned from {learned.leases}")
-    print(f"{'stream / model':28} {'median':>8} {'min':>8} {'max':>8} {'fail':>5} {'detected':>9}")
+    print(f"{'stream / model':34} {'median':>8} {'min':>8} {'max':>8} {'fail':>5} {'detected':>9}")
     summary = {}
     for key, (payouts, verdicts) in figures.items():
         honest_median = statistics.median(figures[f"honest/{key.split('/')[1]}"][0])
@@ -168,7 +177,7 @@ def main() -> None:
         }
         summary[key] = row
         print(
-            f"{key:28} {row['median']:8.4f} {row['min']:8.4f} {row['max']:8.4f}"
+            f"{key:34} {row['median']:8.4f} {row['min']:8.4f} {row['max']:8.4f}"
             f" {row['fail']:5d} {detected:9.0%}"
         )
     print(json.dumps({"leases": args.leases, "learned": learned.leases, "figures": summary}))

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from gpupool.agent.challenge import open_rows, run_challenge
+from gpupool.services.proof_files import verify_folder
 from gpupool.wire import models as w
 from tests.api.conftest import HOUR, AgentSim, Api
-from tests.api.test_timelock import agent_recorder
+from tests.api.test_timelock import agent_recorder, export_folder
 from tests.unit.domain.timelock.conftest import Reading, busy_readings
 
 H100 = {"model": "NVIDIA H100 80GB HBM3", "memory_mb": 81_559}
@@ -118,6 +119,7 @@ def _lease_run(api: Api, tmp_path: Path, cheat: Supplier, stream: Stream) -> dic
     proof = api.http.get(f"/v1/clusters/{cluster['id']}/proof", headers=api.as_key(renter))
     assert proof.status_code == 200, proof.text
     body: dict[str, Any] = proof.json()["body"]
+    body["_renter"] = renter
     body["_paid_micros"] = _paid(api, renter, supplier)
     body["_stake_left"] = _stake_held(api, supplier)
     return body
@@ -292,3 +294,19 @@ def test_a_forger_who_copies_a_real_trace_is_paid_like_an_honest_device(
     # checks, not telemetry, must catch a device that is not there.
     body = _lease_run(api, tmp_path, cheat, honest(seed=77))
     assert body["verdict"] == "pass" and body["payout_ppm"] == baseline["payout_ppm"]
+
+
+def test_the_offline_verifier_recomputes_the_cheaters_certificate_and_agrees(
+    api: Api, tmp_path: Path, cheat: Supplier
+) -> None:
+    real = honest()
+
+    def stream(second: int) -> tuple[list[dict[str, Any]], Reading]:
+        processes, reading = constant(second) if second >= 100 else real(second)
+        return ([*processes, MINER] if second < 2 else processes), reading
+
+    body = _lease_run(api, tmp_path, cheat, stream)
+    d = _device(body)
+    assert len(d["violations"]) == 2 and d["flags_by_rule"] == {"constant-values": 99}
+    folder = export_folder(api, body["_renter"], body["cluster"], tmp_path / "proof")
+    assert verify_folder(folder) == []

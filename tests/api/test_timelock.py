@@ -287,8 +287,12 @@ def test_a_malformed_sample_request_is_refused_after_its_signature_is_checked(
 
 
 def _export(api: Api, renter: str, leased: Leased, folder: Path) -> Path:
-    """Fetch the lease's proof as its renter and write it as `gpupool proof export` does."""
-    r = api.http.get(f"/v1/clusters/{leased.cluster_id}/proof/export", headers=api.as_key(renter))
+    return export_folder(api, renter, leased.cluster_id, folder)
+
+
+def export_folder(api: Api, renter: str, cluster_id: str, folder: Path) -> Path:
+    """Fetch the cluster's proof as its renter and write it as `gpupool proof export` does."""
+    r = api.http.get(f"/v1/clusters/{cluster_id}/proof/export", headers=api.as_key(renter))
     assert r.status_code == 200, r.text
     bundle = w.ProofExportOut.model_validate(r.json())
     write_folder(

@@ -1,11 +1,12 @@
 """Plausibility rules: could this device model really have shown this telemetry?
 
 Each rule looks at one device's chain (in seq order) and returns `Flag`s, one per sample and
-rule. A flag is a doubt, not a verdict: the certificate counts them against a small
-tolerance and the anomaly score adds them. Only the rules that apply run: power rules need a
-GPU model in `BOARD_POWER`; the memory rule is for GPUs (a CPU's memory is shared with the
-host); the constant and replay rules need a power reading, since without a fine-grained
-sensor a steady CPU job legitimately repeats (100 %, same memory) for minutes.
+rule. A flag is a doubt, not proof: each flagged sample costs its rule's weight of that
+sample's pay (payout.py), and only a chain mostly flagged fails. Only the rules that apply
+run: power rules need a GPU model in `BOARD_POWER`; the memory rule is for GPUs (a CPU's
+memory is shared with the host); the constant and replay rules need a power reading, since
+without a fine-grained sensor a steady CPU job legitimately repeats (100 %, same memory)
+for minutes.
 """
 
 from __future__ import annotations
