@@ -248,11 +248,19 @@ class ModelStats:
         return cls(model, leases, stats)
 
 
+Bands = Mapping[str, tuple[int, int]]
+"""Feature -> (mean, deviation) in millionths, the deviation at least the feature's floor:
+what a lease is scored against, in the integers a certificate carries, so that anyone can
+recompute the score from the certificate and the samples."""
+BAND_SCALE = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class AnomalyScore:
     value: float
     reason: str
     samples_scored: int
+    bands: Bands = field(default_factory=dict)
 
     @property
     def ppm(self) -> int:
@@ -275,6 +283,14 @@ def scored_features(model_stats: ModelStats, profile: DeviceProfile) -> dict[str
     return known
 
 
+def bands(model_stats: ModelStats, profile: DeviceProfile) -> dict[str, tuple[int, int]]:
+    """The bands of `scored_features`, rounded to millionths, each deviation floored."""
+    return {
+        name: (round(f.mean * BAND_SCALE), round(max(f.std, STD_FLOOR[name]) * BAND_SCALE))
+        for name, f in scored_features(model_stats, profile).items()
+    }
+
+
 def score(
     model_stats: ModelStats, samples: Sequence[Sample], profile: DeviceProfile
 ) -> AnomalyScore:
@@ -283,18 +299,21 @@ def score(
     0 with reason "not enough history" when no feature can be scored yet: a device without
     priors whose model has seen fewer than `MIN_LEASES` leases or `MIN_OBSERVATIONS` values.
     """
-    known = scored_features(model_stats, profile)
-    if not known:
+    return score_against(bands(model_stats, profile), samples)
+
+
+def score_against(scored: Bands, samples: Sequence[Sample]) -> AnomalyScore:
+    """`score` from given bands: what the offline verifier recomputes from a certificate."""
+    if not scored:
         return AnomalyScore(0.0, NOT_ENOUGH_HISTORY, 0)
     if not samples:
-        return AnomalyScore(0.0, "no samples", 0)
+        return AnomalyScore(0.0, "no samples", 0, scored)
+    band = {name: (m / BAND_SCALE, d / BAND_SCALE) for name, (m, d) in scored.items()}
     outliers = 0
     worst: dict[str, int] = {}
     for row in chain_features(samples):
         zs = {
-            name: abs(x - known[name].mean) / max(known[name].std, STD_FLOOR[name])
-            for name, x in row.items()
-            if name in known
+            name: abs(x - band[name][0]) / band[name][1] for name, x in row.items() if name in band
         }
         if zs and max(zs.values()) > Z_LIMIT:
             outliers += 1
@@ -305,4 +324,4 @@ def score(
         f"{outliers} of {len(samples)} samples beyond {Z_LIMIT:g} standard deviations"
         f"{f' ({beyond})' if beyond else ''}"
     )
-    return AnomalyScore(outliers / len(samples), reason, len(samples))
+    return AnomalyScore(outliers / len(samples), reason, len(samples), scored)

@@ -22,11 +22,11 @@ device was not the lease's alone that second, whatever the agent says it did abo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gpupool.domain.timelock.anomaly import ModelStats, score
+from gpupool.domain.timelock.anomaly import Bands, ModelStats, score
 from gpupool.domain.timelock.chain import ChainHead, HashedSample, head_after
 from gpupool.domain.timelock.coverage import PPM, coverage_ppm, covered_ms
 from gpupool.domain.timelock.payout import flag_penalty_ppm, flags_by_rule, share_ppm
@@ -96,6 +96,7 @@ class DeviceResult:
     anomaly_ppm: int
     anomaly_reason: str
     chain_head: ChainHead | None
+    anomaly_bands: Bands = field(default_factory=dict)
 
     @property
     def coverage(self) -> float:
@@ -168,6 +169,7 @@ def measure_device(
     flags: Sequence[Flag],
     anomaly_ppm: int,
     anomaly_reason: str = "",
+    anomaly_bands: Bands | None = None,
 ) -> DeviceResult:
     """A device's result from its accepted chain (seq order) and the judgments made of it."""
     samples = [item.sample for item in chain]
@@ -186,6 +188,7 @@ def measure_device(
         anomaly_ppm=anomaly_ppm,
         anomaly_reason=anomaly_reason,
         chain_head=head_after(chain) if chain else None,
+        anomaly_bands=anomaly_bands or {},
     )
 
 
@@ -215,6 +218,7 @@ def evaluate_device(
         flags=flags,
         anomaly_ppm=anomaly.ppm,
         anomaly_reason=anomaly.reason,
+        anomaly_bands=anomaly.bands,
     )
 
 
@@ -331,6 +335,11 @@ def _device_entry(d: DeviceResult, signature: str | None, verdict: Verdict) -> d
         "flag_penalty_ppm": d.flag_penalty_ppm,
         "anomaly_ppm": d.anomaly_ppm,
         "anomaly_reason": d.anomaly_reason,
+        # What the samples were scored against, so that the score can be recomputed.
+        "anomaly_bands": {
+            name: {"mean_e6": mean, "std_e6": std}
+            for name, (mean, std) in sorted(d.anomaly_bands.items())
+        },
         # The device's part of the payout; the lease's payout is the mean of these.
         "payout_ppm": 0 if verdict is Verdict.FAIL else d.payout_share_ppm,
     }
