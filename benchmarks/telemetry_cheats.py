@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -153,11 +154,15 @@ def main() -> None:
     models = {"prior": ModelStats(H100.model), "learned": learned}
 
     figures: dict[str, Any] = {}
+    timings: list[float] = []
     for kind, make in KINDS.items():
         for name, model in models.items():
-            results = [
-                judge(make(random.Random(f"{kind}:{seed}")), model) for seed in range(args.leases)
-            ]
+            results = []
+            for seed in range(args.leases):
+                trace = make(random.Random(f"{kind}:{seed}"))
+                started = time.perf_counter()
+                results.append(judge(trace, model))
+                timings.append(time.perf_counter() - started)
             figures[f"{kind}/{name}"] = (
                 [r.payout_ppm for r in results],
                 [r.verdict.value for r in results],
@@ -180,7 +185,18 @@ def main() -> None:
             f"{key:34} {row['median']:8.4f} {row['min']:8.4f} {row['max']:8.4f}"
             f" {row['fail']:5d} {detected:9.0%}"
         )
-    print(json.dumps({"leases": args.leases, "learned": learned.leases, "figures": summary}))
+    judge_ms = statistics.median(timings) * 1000
+    print(f"judging one device-hour (rules, anomaly score, verdict): median {judge_ms:.1f} ms")
+    print(
+        json.dumps(
+            {
+                "leases": args.leases,
+                "learned": learned.leases,
+                "judge_median_ms": round(judge_ms, 1),
+                "figures": summary,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
