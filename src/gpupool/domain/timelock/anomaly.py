@@ -51,16 +51,10 @@ Z_LIMIT = 4.0
 # that lease's workload, not the device model: the model must also have seen a few leases.
 MIN_OBSERVATIONS = 30
 MIN_LEASES = 5
-# The smallest standard deviation a z-score divides by. Workloads differ: a history of only
-# full-load leases must not make a lease at half load look forged. Floors are about a tenth
-# of each feature's usual range.
-STD_FLOOR = {
-    UTILIZATION: 10.0,
-    MEMORY: 2048.0,
-    POWER_PER_UTILIZATION: 0.5,
-    TEMPERATURE_STEP: 1.0,
-    MEMORY_STEP: 512.0,
-}
+# The smallest standard deviation a z-score divides by, per scored feature. Workloads
+# differ: a history of only full-load leases must not make a lease at half load look forged,
+# nor a history of steady jobs make a job that reallocates look forged.
+STD_FLOOR = {POWER_PER_UTILIZATION: 0.5, TEMPERATURE_STEP: 1.0, MEMORY_STEP: 512.0}
 NOT_ENOUGH_HISTORY = "not enough history"
 
 # Steps are taken between consecutive samples at most this far apart (the sampling interval
