@@ -65,6 +65,15 @@ def renter(api: Api) -> str:
     return api.account("renter", "renter")
 
 
+def agent_recorder(api: Api, sim: AgentSim, chains: Path) -> Recorder:
+    """The agent's own recorder on `sim`'s link and key, on the test's clock, with a beacon."""
+    recorder = Recorder(
+        sim.link, sim.identity, ChainStore(chains), now_ms=lambda: round(api.clock.now() * 1000)
+    )
+    recorder.refresh_beacon()
+    return recorder
+
+
 def _lease(api: Api, renter: str, sim: AgentSim, tmp_path: Path, devices: int = 1) -> Leased:
     r = api.book(renter, devices=devices)
     assert r.status_code == 201, r.text
@@ -73,13 +82,7 @@ def _lease(api: Api, renter: str, sim: AgentSim, tmp_path: Path, devices: int = 
         for device in lease.local_devices:
             for state in ("provisioning", "ready"):
                 sim.link.report(lease.lease_id, device, state)
-    recorder = Recorder(
-        sim.link,
-        sim.identity,
-        ChainStore(tmp_path / f"chains-{cluster['id']}.json"),
-        now_ms=lambda: round(api.clock.now() * 1000),
-    )
-    recorder.refresh_beacon()
+    recorder = agent_recorder(api, sim, tmp_path / f"chains-{cluster['id']}.json")
     return Leased(
         sim, cluster["lease_id"], cluster["id"], cluster["members"][0]["device_id"], recorder
     )
@@ -284,8 +287,12 @@ def test_a_malformed_sample_request_is_refused_after_its_signature_is_checked(
 
 
 def _export(api: Api, renter: str, leased: Leased, folder: Path) -> Path:
-    """Fetch the lease's proof as its renter and write it as `gpupool proof export` does."""
-    r = api.http.get(f"/v1/clusters/{leased.cluster_id}/proof/export", headers=api.as_key(renter))
+    return export_folder(api, renter, leased.cluster_id, folder)
+
+
+def export_folder(api: Api, renter: str, cluster_id: str, folder: Path) -> Path:
+    """Fetch the cluster's proof as its renter and write it as `gpupool proof export` does."""
+    r = api.http.get(f"/v1/clusters/{cluster_id}/proof/export", headers=api.as_key(renter))
     assert r.status_code == 200, r.text
     bundle = w.ProofExportOut.model_validate(r.json())
     write_folder(

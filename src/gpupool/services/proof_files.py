@@ -120,6 +120,10 @@ def _verify(folder: Path, proof: ProofFolder, expected_coordinator_key: str | No
         )
     if not _holds(key, cert.get("signature", ""), certificate_message(body)):
         problems.append("the coordinator's signature over the certificate does not verify")
+    # The ids beside the body are unsigned copies: a proof must not name another lease.
+    for name, field in (("lease_id", "lease"), ("cluster_id", "cluster")):
+        if cert.get(name) != body.get(field):
+            problems.append(f"certificate.json's {name} is not the signed body's {field}")
     worker_keys: dict[str, str] = body.get("worker_keys", {})
     if json.loads((folder / "keys.json").read_bytes()) != worker_keys:
         problems.append("keys.json differs from the worker keys the certificate names")

@@ -5,29 +5,36 @@ Every number that reaches the certificate is an integer (fractions in parts per 
 rounded down), so its canonical JSON, its hash and its signature are unambiguous, and the
 offline verifier, recomputing the same integers, compares them exactly.
 
-Verdict rules (lease-wide: coverage is the mean over devices, anomaly the maximum):
-- fail if coverage < 50 %, or anomaly >= 0.5, or more than 10 violations per device-hour;
+Verdict rules (lease-wide: coverage is the mean over devices, anomaly and flag penalty the
+maximum):
+- fail if coverage < 50 %, or anomaly >= 0.5, or a device's flag penalty > 0.5, or more
+  than 10 violations per device-hour;
 - pass if coverage >= 95 %, no violation, anomaly < 0.1 and at most 1 flag per 100 samples;
 - degraded otherwise.
-Payout: 0 on fail; otherwise the mean over devices of each device's share,
-coverage x max(0, 1 - 0.1 x its violations) x (1 - its anomaly), so one supplier's cheating
-costs that device's share, not its neighbours'.
+Payout: 0 on fail; otherwise the mean over devices of each device's share (payout.py), so
+one supplier's cheating costs that device's share, not its neighbours'.
+
+A violation is a foreign process the agent says it killed, or a foreign process a sample
+lists without such a record: a sample that shows a foreign process on the device proves the
+device was not the lease's alone that second, whatever the agent says it did about it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gpupool.domain.timelock.anomaly import ModelStats, score
+from gpupool.domain.timelock.anomaly import Bands, ModelStats, score
 from gpupool.domain.timelock.chain import ChainHead, HashedSample, head_after
 from gpupool.domain.timelock.coverage import PPM, coverage_ppm, covered_ms
-from gpupool.domain.timelock.samples import Sample, Violation
-from gpupool.domain.timelock.telemetry import DeviceProfile, check_telemetry
+from gpupool.domain.timelock.payout import flag_penalty_ppm, flags_by_rule, share_ppm
+from gpupool.domain.timelock.samples import Owner, Sample, Violation
+from gpupool.domain.timelock.telemetry import DeviceProfile, Flag, check_telemetry
 
-VERSION = 1
+# 2: flags cost pay, listed foreign processes are violations, the anomaly model has priors.
+VERSION = 2
 HOUR_MS = 3_600_000
 
 # Below half the window proven, the lease was not delivered.
@@ -43,14 +50,35 @@ PASS_COVERAGE_AT_PPM = 950_000
 PASS_ANOMALY_BELOW_PPM = 100_000
 # One flag per hundred samples forgives a sensor glitch but not a pattern.
 PASS_FLAGS_PER_SAMPLE_PPM = 10_000
-# Each violation on a device takes a tenth of that device's pay; ten take it all.
-VIOLATION_PENALTY_PPM = 100_000
+# More than half a device's samples flagged at full weight: its telemetry is not a real
+# device's. Half-weight rules alone stay at or under the line (they have honest causes).
+FAIL_FLAG_PENALTY_ABOVE_PPM = 500_000
 
 
 class Verdict(StrEnum):
     PASS = "pass"  # noqa: S105 (a verdict, not a password)
     DEGRADED = "degraded"
     FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class ListedForeign:
+    """A foreign process a sample lists with no violation record for it in that sample: the
+    guard did not kill it, or the agent does not say so. It counts as a violation."""
+
+    pid: int
+    name: str
+    seq: int
+    time_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "seq": self.seq,
+            "time_ms": self.time_ms,
+            "reported": False,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +89,14 @@ class DeviceResult:
     samples: int
     covered_ms: int
     coverage_ppm: int
-    violations: tuple[Violation, ...]
+    violations: tuple[Violation | ListedForeign, ...]
     flags_count: int
+    flag_penalty_ppm: int
+    flags_by_rule: Mapping[str, int]
     anomaly_ppm: int
     anomaly_reason: str
     chain_head: ChainHead | None
+    anomaly_bands: Bands = field(default_factory=dict)
 
     @property
     def coverage(self) -> float:
@@ -77,10 +108,10 @@ class DeviceResult:
 
     @property
     def payout_share_ppm(self) -> int:
-        """coverage x max(0, 1 - 0.1 x violations) x (1 - anomaly), in ppm."""
-        penalty = min(PPM, VIOLATION_PENALTY_PPM * len(self.violations))
-        share = self.coverage_ppm * (PPM - penalty) // PPM
-        return share * (PPM - min(PPM, self.anomaly_ppm)) // PPM
+        """The device's share before the verdict (payout.py), in ppm."""
+        return share_ppm(
+            self.coverage_ppm, len(self.violations), self.flag_penalty_ppm, self.anomaly_ppm
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +123,7 @@ class Assessment:
     flags_count: int
     anomaly_ppm: int
     reasons: tuple[str, ...]
+    flag_penalty_ppm: int = 0
 
     @property
     def payout_fraction(self) -> float:
@@ -106,9 +138,19 @@ class Assessment:
         return self.anomaly_ppm / PPM
 
 
-def violations_in(samples: Iterable[Sample]) -> tuple[Violation, ...]:
-    """Each distinct violation the chain records, in chain order."""
-    return tuple(dict.fromkeys(v for s in samples for v in s.violations))
+def violations_in(samples: Iterable[Sample]) -> tuple[Violation | ListedForeign, ...]:
+    """Each distinct violation the chain records, and each foreign process a sample lists
+    without recording it, in chain order. A process listed in many samples counts in each:
+    the guard kills at once, so one still there a second later was not killed, just as an
+    honest guard records a new violation each time it finds the process again."""
+    found: dict[Violation | ListedForeign, None] = {}
+    for s in samples:
+        found.update(dict.fromkeys(s.violations))
+        recorded = {v.pid for v in s.violations}
+        for p in s.processes:
+            if p.owner is Owner.FOREIGN and p.pid not in recorded:
+                found[ListedForeign(p.pid, p.name, s.seq, s.time_ms)] = None
+    return tuple(found)
 
 
 def beacons_used(samples: Iterable[Sample]) -> dict[int, str]:
@@ -124,9 +166,10 @@ def measure_device(
     t1_ms: int,
     t_end_ms: int,
     interval_ms: int,
-    flags_count: int,
+    flags: Sequence[Flag],
     anomaly_ppm: int,
     anomaly_reason: str = "",
+    anomaly_bands: Bands | None = None,
 ) -> DeviceResult:
     """A device's result from its accepted chain (seq order) and the judgments made of it."""
     samples = [item.sample for item in chain]
@@ -139,10 +182,13 @@ def measure_device(
         covered_ms=covered,
         coverage_ppm=coverage_ppm(covered, t1_ms, t_end_ms),
         violations=violations_in(samples),
-        flags_count=flags_count,
+        flags_count=len(flags),
+        flag_penalty_ppm=flag_penalty_ppm(flags, len(samples)),
+        flags_by_rule=flags_by_rule(flags),
         anomaly_ppm=anomaly_ppm,
         anomaly_reason=anomaly_reason,
         chain_head=head_after(chain) if chain else None,
+        anomaly_bands=anomaly_bands or {},
     )
 
 
@@ -160,7 +206,7 @@ def evaluate_device(
     """`measure_device` with the telemetry flags and the anomaly score computed here."""
     samples = [item.sample for item in chain]
     flags = check_telemetry(samples, profile)
-    anomaly = score(model_stats, samples, flags)
+    anomaly = score(model_stats, samples, profile)
     return measure_device(
         device,
         worker,
@@ -169,9 +215,10 @@ def evaluate_device(
         t1_ms=t1_ms,
         t_end_ms=t_end_ms,
         interval_ms=interval_ms,
-        flags_count=len(flags),
+        flags=flags,
         anomaly_ppm=anomaly.ppm,
         anomaly_reason=anomaly.reason,
+        anomaly_bands=anomaly.bands,
     )
 
 
@@ -182,6 +229,7 @@ def assess(devices: Sequence[DeviceResult], t1_ms: int, t_end_ms: int) -> Assess
     n = len(devices)
     cover = sum(d.coverage_ppm for d in devices) // n
     anomaly = max(d.anomaly_ppm for d in devices)
+    flagged = max(d.flag_penalty_ppm for d in devices)
     violations = sum(len(d.violations) for d in devices)
     flags = sum(d.flags_count for d in devices)
     samples = sum(d.samples for d in devices)
@@ -190,6 +238,10 @@ def assess(devices: Sequence[DeviceResult], t1_ms: int, t_end_ms: int) -> Assess
     failing = [
         (cover < FAIL_COVERAGE_BELOW_PPM, f"coverage {_pct(cover)} is below 50 %"),
         (anomaly >= FAIL_ANOMALY_AT_PPM, f"anomaly {format_ppm(anomaly)} is at least 0.5"),
+        (
+            flagged > FAIL_FLAG_PENALTY_ABOVE_PPM,
+            f"flag penalty {format_ppm(flagged)} is above 0.5",
+        ),
         (
             violations * HOUR_MS > FAIL_VIOLATIONS_PER_DEVICE_HOUR * device_hours_ms,
             f"{violations} violations are more than 10 per device-hour",
@@ -206,11 +258,11 @@ def assess(devices: Sequence[DeviceResult], t1_ms: int, t_end_ms: int) -> Assess
     ]
     if any(hit for hit, _ in failing):
         reasons = tuple(why for hit, why in failing if hit)
-        return Assessment(Verdict.FAIL, 0, cover, violations, flags, anomaly, reasons)
+        return Assessment(Verdict.FAIL, 0, cover, violations, flags, anomaly, reasons, flagged)
     reasons = tuple(why for hit, why in short_of_pass if hit)
     verdict = Verdict.DEGRADED if reasons else Verdict.PASS
     payout = sum(d.payout_share_ppm for d in devices) // n
-    return Assessment(verdict, payout, cover, violations, flags, anomaly, reasons)
+    return Assessment(verdict, payout, cover, violations, flags, anomaly, reasons, flagged)
 
 
 def certificate_body(
@@ -255,6 +307,7 @@ def certificate_body(
         "coverage": format_ppm(a.coverage_ppm),
         "violations": a.violations_count,
         "flags": a.flags_count,
+        "flag_penalty_ppm": a.flag_penalty_ppm,
         "anomaly_ppm": a.anomaly_ppm,
         "payout_ppm": a.payout_ppm,
         "payout_fraction": format_ppm(a.payout_ppm),
@@ -278,8 +331,15 @@ def _device_entry(d: DeviceResult, signature: str | None, verdict: Verdict) -> d
         "coverage": format_ppm(d.coverage_ppm),
         "violations": [v.to_dict() for v in d.violations],
         "flags": d.flags_count,
+        "flags_by_rule": dict(d.flags_by_rule),
+        "flag_penalty_ppm": d.flag_penalty_ppm,
         "anomaly_ppm": d.anomaly_ppm,
         "anomaly_reason": d.anomaly_reason,
+        # What the samples were scored against, so that the score can be recomputed.
+        "anomaly_bands": {
+            name: {"mean_e6": mean, "std_e6": std}
+            for name, (mean, std) in sorted(d.anomaly_bands.items())
+        },
         # The device's part of the payout; the lease's payout is the mean of these.
         "payout_ppm": 0 if verdict is Verdict.FAIL else d.payout_share_ppm,
     }

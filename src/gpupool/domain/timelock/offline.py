@@ -6,9 +6,11 @@ Given the certificate body, each device's samples (dicts, in chain order) and th
 batch arrived, recomputes each device's result and the lease's assessment, rebuilds the
 certificate body and compares it with the one given, field by field.
 
-What it takes on trust: the anomaly score and its reason (they depend on the model learned
-from other leases, which the certificate does not carry) and, unless `verify_head` is given,
-that the chains are the workers' own.
+What it takes on trust: the anomaly bands each device was scored against (they come from the
+model learned from other leases, which the certificate does not carry; anyone can compare
+them with the board's published priors), and, unless `verify_head` is given, that the
+chains are the workers' own. The anomaly score and its reason are recomputed from the bands
+and the samples.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 from gpupool.domain.errors import InvalidRequest
 from gpupool.domain.models import DeviceKind
+from gpupool.domain.timelock.anomaly import BAND_SCALE, SCORED, STD_FLOOR, score_against
 from gpupool.domain.timelock.certificate import (
+    VERSION,
     DeviceResult,
     beacons_used,
     certificate_body,
@@ -112,8 +116,11 @@ class _Meta:
 
     @classmethod
     def read(cls, body: Mapping[str, Any]) -> _Meta:
-        if body.get("version") != 1:
-            raise InvalidRequest(f"unknown certificate version {body.get('version')!r}")
+        if body.get("version") != VERSION:
+            raise InvalidRequest(
+                f"certificate version {body.get('version')!r}; this verifier checks the rules"
+                f" of version {VERSION}"
+            )
         devices = body["devices"]
         if not isinstance(devices, list) or not all(isinstance(e, Mapping) for e in devices):
             raise InvalidRequest("devices must be a list of objects")
@@ -169,7 +176,9 @@ def _recompute(
     profile = DeviceProfile(
         DeviceKind(entry["kind"]), str(entry["model"]), _int(entry, "memory_mb")
     )
-    flags = check_telemetry([item.sample for item in chain], profile)
+    samples = [item.sample for item in chain]
+    flags = check_telemetry(samples, profile)
+    anomaly = score_against(_bands(entry), samples)
     return measure_device(
         device,
         worker,
@@ -178,10 +187,27 @@ def _recompute(
         t1_ms=meta.t1_ms,
         t_end_ms=meta.t_end_ms,
         interval_ms=meta.interval_ms,
-        flags_count=len(flags),
-        anomaly_ppm=_int(entry, "anomaly_ppm"),
-        anomaly_reason=str(entry["anomaly_reason"]),
+        flags=flags,
+        anomaly_ppm=anomaly.ppm,
+        anomaly_reason=anomaly.reason,
+        anomaly_bands=anomaly.bands,
     )
+
+
+def _bands(entry: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    given = entry["anomaly_bands"]
+    if not isinstance(given, Mapping):
+        raise InvalidRequest("anomaly_bands must be an object")
+    bands = {}
+    for name, band in given.items():
+        if name not in SCORED or not isinstance(band, Mapping):
+            raise InvalidRequest(f"anomaly_bands has no feature {name!r}")
+        mean, std = _int(band, "mean_e6"), _int(band, "std_e6")
+        if std < round(STD_FLOOR[name] * BAND_SCALE):
+            # the rules floor every deviation; a narrower band would cut pay unearned
+            raise InvalidRequest(f"anomaly_bands.{name}.std_e6 is below the feature's floor")
+        bands[str(name)] = (mean, std)
+    return bands
 
 
 def _check_head_signature(

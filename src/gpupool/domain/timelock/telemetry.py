@@ -1,11 +1,12 @@
 """Plausibility rules: could this device model really have shown this telemetry?
 
 Each rule looks at one device's chain (in seq order) and returns `Flag`s, one per sample and
-rule. A flag is a doubt, not a verdict: the certificate counts them against a small
-tolerance and the anomaly score adds them. Only the rules that apply run: power rules need a
-GPU model in `BOARD_POWER`; the memory rule is for GPUs (a CPU's memory is shared with the
-host); the constant and replay rules need a power reading, since without a fine-grained
-sensor a steady CPU job legitimately repeats (100 %, same memory) for minutes.
+rule. A flag is a doubt, not proof: each flagged sample costs its rule's weight of that
+sample's pay (payout.py), and only a chain mostly flagged fails. Only the rules that apply
+run: power rules need a GPU model in `BOARD_POWER`; the memory rule is for GPUs (a CPU's
+memory is shared with the host); the constant and replay rules need a power reading, since
+without a fine-grained sensor a steady CPU job legitimately repeats (100 %, same memory)
+for minutes.
 """
 
 from __future__ import annotations
@@ -109,12 +110,15 @@ def check_telemetry(samples: Sequence[Sample], device: DeviceProfile) -> list[Fl
     """Every flag the rules raise on one device's chain, ordered by seq and rule."""
     power = board_power(device.model) if device.kind is DeviceKind.GPU else None
     limit_mw = None if power is None else power.max_w * 10 * POWER_OVER_LIMIT_TOLERANCE_PCT
+    # A GPU's memory is a hard limit; a CPU group's is its share of the host's, which a
+    # lease may exceed (the sandbox sets no memory.max), so only GPUs are held to it.
+    limit_mb = device.memory_mb if device.kind is DeviceKind.GPU else None
     flags: list[Flag] = []
     for s in samples:
         # The bounds in one test first: nearly every sample is within them.
         if not (
             (s.utilization_pct is None or 0 <= s.utilization_pct <= 100)
-            and (s.memory_mb is None or s.memory_mb <= device.memory_mb)
+            and (s.memory_mb is None or limit_mb is None or s.memory_mb <= limit_mb)
             and (s.power_mw is None or limit_mw is None or s.power_mw <= limit_mw)
             and (s.temperature_c is None or s.temperature_c <= MAX_TEMPERATURE_C)
         ):
@@ -133,7 +137,7 @@ def _bounds(s: Sample, device: DeviceProfile, power: BoardPower | None) -> list[
     found: list[str] = []
     if s.utilization_pct is not None and not 0 <= s.utilization_pct <= 100:
         found.append(f"utilization {s.utilization_pct} % outside 0..100")
-    if s.memory_mb is not None and s.memory_mb > device.memory_mb:
+    if device.kind is DeviceKind.GPU and s.memory_mb is not None and s.memory_mb > device.memory_mb:
         found.append(f"memory {s.memory_mb} MB above the device's {device.memory_mb} MB")
     if power is not None and s.power_mw is not None:
         limit_mw = power.max_w * 10 * POWER_OVER_LIMIT_TOLERANCE_PCT  # W -> mW, and the %

@@ -17,7 +17,9 @@ from gpupool.domain.timelock.certificate import (
     format_ppm,
     measure_device,
 )
+from gpupool.domain.timelock.coverage import PPM
 from gpupool.domain.timelock.samples import Sample
+from gpupool.domain.timelock.telemetry import Flag, Rule
 from tests.unit.domain.timelock.conftest import (
     DEVICE,
     EPOCH,
@@ -44,6 +46,7 @@ def device(
     anomaly_ppm: int = 0,
     flags: int = 0,
     name: str = DEVICE,
+    rule: Rule = Rule.REPLAYED_VALUES,
 ) -> DeviceResult:
     dicts = chain_dicts(second_times(seconds), busy_readings(seconds), device=name)
     for i in range(violations):
@@ -56,7 +59,7 @@ def device(
         t1_ms=T1,
         t_end_ms=T_END,
         interval_ms=INTERVAL,
-        flags_count=flags,
+        flags=[Flag(seq, rule, "test") for seq in range(flags)],
         anomaly_ppm=anomaly_ppm,
     )
 
@@ -105,6 +108,84 @@ def test_flags_beyond_one_per_hundred_samples_degrade() -> None:
     assert a.verdict is Verdict.DEGRADED and "6 telemetry flags" in a.reasons[0]
 
 
+# The documented amounts (docs/timelock.md, "Verdict and payout"), written out here rather
+# than taken from the code: a flagged sample costs its weight's share of the device's pay.
+FULL, HALF = 1_000_000, 500_000
+COVERAGE = 970_833  # 582 samples in a ten-minute window
+
+
+def test_each_flagged_sample_costs_the_weight_of_its_rule() -> None:
+    for rule, weight in (
+        (Rule.CONSTANT_VALUES, FULL),
+        (Rule.REPLAYED_VALUES, FULL),
+        (Rule.BOUNDS, FULL),
+        (Rule.POWER_VS_UTILIZATION, HALF),
+        (Rule.MEMORY_WITHOUT_PROCESS, HALF),
+    ):
+        d = device(flags=116, rule=rule)
+        penalty = 116 * weight // 582
+        assert d.flag_penalty_ppm == penalty, rule
+        assert d.payout_share_ppm == COVERAGE * (PPM - penalty) // PPM, rule
+        assert d.flags_by_rule == {rule.value: 116}
+
+
+def test_one_glitch_in_a_lease_costs_one_sample_of_pay() -> None:
+    a = judge(device(flags=1, rule=Rule.BOUNDS))
+    assert a.verdict is Verdict.PASS
+    assert a.payout_ppm == COVERAGE * (PPM - PPM // 582) // PPM
+    assert COVERAGE - a.payout_ppm < 2_000  # 0.2 % of the pay
+
+
+def test_a_sample_flagged_twice_is_lost_once_at_its_heaviest_weight() -> None:
+    dicts = chain_dicts(second_times(582), busy_readings(582))
+    flags = [Flag(0, Rule.POWER_VS_UTILIZATION, "x"), Flag(0, Rule.BOUNDS, "y")]
+    flags += [Flag(1, Rule.POWER_VS_UTILIZATION, "x"), Flag(1, Rule.MEMORY_WITHOUT_PROCESS, "z")]
+    d = measure_device(
+        DEVICE, WORKER, H100, hashed(dicts), t1_ms=T1, t_end_ms=T_END, interval_ms=INTERVAL,
+        flags=flags, anomaly_ppm=0,
+    )  # fmt: skip
+    assert d.flag_penalty_ppm == (FULL + HALF) // 582
+
+
+def test_more_than_half_flagged_at_full_weight_fails() -> None:
+    assert judge(device(flags=582, rule=Rule.CONSTANT_VALUES)).payout_ppm == 0
+    half = judge(device(flags=291, rule=Rule.CONSTANT_VALUES))
+    assert half.verdict is Verdict.DEGRADED and half.payout_ppm == COVERAGE * HALF // PPM
+    a = judge(device(flags=292, rule=Rule.CONSTANT_VALUES))
+    assert a.verdict is Verdict.FAIL and a.payout_ppm == 0
+    assert f"flag penalty 0.{292 * FULL // 582:06d} is above 0.5" in a.reasons
+    # half-weight rules alone never reach the fail line: they cost at most half the pay
+    b = judge(device(flags=582, rule=Rule.POWER_VS_UTILIZATION))
+    assert b.verdict is Verdict.DEGRADED and b.payout_ppm == COVERAGE * HALF // PPM
+
+
+MINER = {"pid": 31337, "name": "xmrig", "owner": "foreign"}
+
+
+def test_a_listed_foreign_process_is_a_violation_in_every_sample_that_lists_it() -> None:
+    dicts = chain_dicts(second_times(582), busy_readings(582))
+    for d in dicts[:3]:
+        d["processes"] = [*d["processes"], MINER]
+    result = measure_device(
+        DEVICE, WORKER, H100, hashed(relink(dicts)), t1_ms=T1, t_end_ms=T_END,
+        interval_ms=INTERVAL, flags=[], anomaly_ppm=0,
+    )  # fmt: skip
+    assert len(result.violations) == 3
+    assert [v.to_dict()["reported"] for v in result.violations] == [False] * 3
+    assert result.payout_share_ppm == COVERAGE * 7 // 10
+
+
+def test_a_foreign_process_listed_with_its_violation_record_counts_once() -> None:
+    dicts = chain_dicts(second_times(582), busy_readings(582))
+    dicts[0]["processes"] = [*dicts[0]["processes"], MINER]
+    dicts[0]["violations"] = [KILLED | {"pid": MINER["pid"]}]  # what the honest guard sends
+    result = measure_device(
+        DEVICE, WORKER, H100, hashed(relink(dicts)), t1_ms=T1, t_end_ms=T_END,
+        interval_ms=INTERVAL, flags=[], anomaly_ppm=0,
+    )  # fmt: skip
+    assert len(result.violations) == 1 and "reported" not in result.violations[0].to_dict()
+
+
 def test_one_device_violations_do_not_cost_the_other_device_its_share() -> None:
     a = judge(device(), device(violations=10, name=f"{WORKER}:gpu1"))
     assert a.verdict is Verdict.DEGRADED
@@ -119,12 +200,12 @@ def test_a_lease_without_devices_fails() -> None:
 def test_a_device_without_samples_has_no_head_and_no_coverage() -> None:
     empty = measure_device(
         DEVICE, WORKER, H100, [], t1_ms=T1, t_end_ms=T_END, interval_ms=INTERVAL,
-        flags_count=0, anomaly_ppm=0,
+        flags=[], anomaly_ppm=0,
     )  # fmt: skip
     assert empty.chain_head is None and empty.coverage_ppm == 0
 
 
-def test_evaluate_device_counts_telemetry_flags_and_scores_without_history() -> None:
+def test_evaluate_device_counts_telemetry_flags_and_scores_from_the_prior() -> None:
     readings = busy_readings(100)
     readings[50] = (100, 30_000, 80_000, 60)  # full load at idle power
     chain = hashed(chain_dicts(second_times(100), readings))
@@ -133,7 +214,9 @@ def test_evaluate_device_counts_telemetry_flags_and_scores_without_history() -> 
         t1_ms=T1, t_end_ms=T_END, interval_ms=INTERVAL,
     )  # fmt: skip
     assert result.flags_count == 1
-    assert (result.anomaly_ppm, result.anomaly_reason) == (0, "not enough history")
+    assert result.flags_by_rule == {"power-vs-utilization": 1}
+    # an H100 is scored against its board's prior from its first lease
+    assert result.anomaly_ppm == 0 and "0 of 100 samples" in result.anomaly_reason
 
 
 def assert_plain(value: Any) -> None:
@@ -167,7 +250,7 @@ def test_the_certificate_body_holds_only_plain_integers_and_strings() -> None:
     )
     assert_plain(body)
     canonical_json(body)  # hashable without ambiguity
-    assert body["version"] == 1 and body["verdict"] == "degraded"
+    assert body["version"] == 2 and body["verdict"] == "degraded"
     assert body["payout_fraction"] == format_ppm(body["payout_ppm"]) == "0.873749"
     assert body["beacons"] == {str(T1 // EPOCH): chain_samples[0].beacon_value}
     entry = body["devices"][0]

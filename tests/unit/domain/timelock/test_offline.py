@@ -176,9 +176,12 @@ def test_samples_of_a_device_the_certificate_omits_are_found(
 
 
 def test_a_malformed_certificate_is_reported_not_raised() -> None:
-    body = {"version": 2}
+    body = {"version": 1}
     problems = verify(body, {}, body)
-    assert problems == ["the certificate is malformed: unknown certificate version 2"]
+    assert problems == [
+        "the certificate is malformed: certificate version 1; this verifier checks the rules"
+        " of version 2"
+    ]
 
 
 def test_a_beacon_no_sample_names_is_found(issued: tuple[dict[str, Any], Chains]) -> None:
@@ -186,3 +189,38 @@ def test_a_beacon_no_sample_names_is_found(issued: tuple[dict[str, Any], Chains]
     body["beacons"]["1"] = "ab" * 32
     problems = verify(body, chains, body)
     assert problems == ["beacons.1: in the certificate, but the samples do not give it"]
+
+
+def test_the_anomaly_is_recomputed_from_the_bands_the_certificate_states(
+    issued: tuple[dict[str, Any], Chains],
+) -> None:
+    body, chains = issued
+    bands = body["devices"][0]["anomaly_bands"]
+    assert set(bands) == {"power_w_per_pct", "temperature_step_c", "memory_step_mb"}
+    # a coordinator that states the prior's bands but reports an anomaly it did not compute
+    forged = copy.deepcopy(body)
+    forged["devices"][0]["anomaly_ppm"] = 600_000
+    problems = verify(forged, chains, forged)
+    assert any(p.startswith("devices[0].anomaly_ppm") for p in problems), problems
+    # a band moved away from these readings makes every busy sample an outlier: the verifier
+    # derives that score (not the one stated) and the verdict that follows from it
+    moved = copy.deepcopy(body)
+    moved["devices"][0]["anomaly_bands"]["power_w_per_pct"] = {"mean_e6": 40_000_000,
+                                                               "std_e6": 500_000}  # fmt: skip
+    problems = verify(moved, chains, moved)
+    assert any(p.startswith("devices[0].anomaly_ppm") for p in problems)
+    assert any(p.startswith("verdict") for p in problems)
+
+
+def test_malformed_bands_are_reported_not_raised(issued: tuple[dict[str, Any], Chains]) -> None:
+    body, chains = issued
+    for bad in (
+        {"utilization_pct": {"mean_e6": 1, "std_e6": 20_000_000}},  # not a scored feature
+        {"power_w_per_pct": {"mean_e6": 4_000_000, "std_e6": 1}},  # narrower than the floor
+        {"memory_step_mb": 3},
+        [],
+    ):
+        forged = copy.deepcopy(body)
+        forged["devices"][0]["anomaly_bands"] = bad
+        problems = verify(forged, chains, forged)
+        assert any("devices[0] is malformed" in p for p in problems), problems

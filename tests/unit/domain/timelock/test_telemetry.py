@@ -90,6 +90,14 @@ def test_values_beyond_the_device_are_flagged() -> None:
     assert "above the device's 81559 MB" in bounds[0].detail
 
 
+def test_a_cpu_group_over_its_share_of_host_memory_is_not_out_of_bounds() -> None:
+    # The share is not a limit (no memory.max): an honest job may use more of the host.
+    over = series([(100, CPU.memory_mb * 2, None, None)])
+    assert check_telemetry(over, CPU) == []
+    gpu_over = series([(90, H100.memory_mb + 1, 500_000, 60)])
+    assert rules(check_telemetry(gpu_over, H100)) == {Rule.BOUNDS}
+
+
 def test_full_utilization_at_idle_power_is_flagged() -> None:
     flags = check_telemetry(series([(100, 30_000, 80_000, 60)]), H100)
     assert rules(flags) == {Rule.POWER_VS_UTILIZATION}
