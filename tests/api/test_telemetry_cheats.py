@@ -2,8 +2,9 @@
 coordinator, each against an honest lease of the same length, paid by the amounts
 docs/timelock.md ("Verdict and payout") states.
 
-The cheater registers "H100"s it does not have: it answers the capability challenge with the
-right product computed on this CPU and claims an H100's compute time, as the attacker did.
+The cheater registers "H100"s and gets them through the capability challenge (the test's
+clock stands still while it computes, as if the devices were real); what it forges is the
+telemetry.
 Each stream then goes through the agent's own recorder (chained, signed batches), and the
 lease is certified, settled and slashed by the coordinator's ticker.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from gpupool.agent.challenge import open_rows, run_challenge
+from gpupool.services.challenges import Sizing
 from gpupool.services.proof_files import verify_folder
 from gpupool.wire import models as w
 from tests.api.conftest import HOUR, AgentSim, Api
@@ -77,12 +79,17 @@ def _gpu_supplier(api: Api, devices: int = 1) -> tuple[str, AgentSim]:
         ],
     }
     worker = sim.link.register(w.WorkerRegister.model_validate(body))
+    # A small chain, and the test's clock stands still while this CPU computes it: the
+    # coordinator sees an answer as fast as an H100's, so the devices pass and the question
+    # left is the telemetry (tests/api/test_challenges.py shows the real clock failing them).
+    api.services.challenges.sizing = Sizing(gpu_size=64, target_seconds=1e-6, max_steps=4)
+    sim.solve_challenges = False
+    sim.stake_devices(worker.devices)  # staking issues the challenges
     for c in sim.link.heartbeat().challenges:
-        work = run_challenge(c.n, int(c.seed_a, 16), int(c.seed_b, 16), backend="numpy")
-        claimed = 2 * c.n**3 / 60e12  # an H100's FP32 rate, not this CPU's
+        work = run_challenge(c.n, int(c.seed_a, 16), int(c.seed_b, 16), "numpy", c.steps)
+        claimed = 2 * c.steps * c.n**3 / 60e12  # an H100's FP32 rate, not this CPU's
         rows = sim.link.challenge_answer(c.id, work.root, claimed)
         assert sim.link.challenge_open(c.id, open_rows(work, rows)).state == "passed"
-    sim.stake_devices(worker.devices)
     return key, sim
 
 
