@@ -82,6 +82,23 @@ def test_a_silent_agent_is_caught_and_loses_its_proof(api: Api, renter: str) -> 
     workers = api.http.get("/v1/workers", headers=api.as_key(sim.supplier_key)).json()
     assert workers[0]["devices"][0]["verified"] is False  # to be proven again after the lease
 
+    # on the certificate: a violation per missed check, the lease failed, nothing paid, and
+    # the stake slashed to the renter (5 % a violation, 20 % for the failed lease)
+    _run(api, HOUR)  # the hour runs out; the ticker certifies and settles
+    cluster = api.http.get("/v1/clusters", headers=api.as_key(renter)).json()[0]
+    proof = api.http.get(f"/v1/clusters/{cluster['id']}/proof", headers=api.as_key(renter))
+    body = proof.json()["body"]
+    [device] = body["devices"]
+    missed = [v for v in device["violations"] if "spot_check" in v]
+    assert [v["spot_check"] for v in missed] == [
+        c.id for c in _spot(api, lease_id) if c.state == "failed"
+    ]
+    assert body["verdict"] == "fail" and body["payout_ppm"] == 0
+    assert any("spot check" in r for r in body["reasons"])
+    entries = api.http.get("/v1/ledger/entries", headers=api.as_key(renter)).json()
+    slashed = [e for e in entries if e["kind"] == "slash"]
+    assert slashed, "the renter is compensated from the stake"
+
 
 def test_a_late_root_is_refused_and_counted(api: Api, renter: str) -> None:
     _configure(api, per_hour=40)
@@ -127,10 +144,11 @@ def test_a_silent_agent_is_caught_at_the_documented_rate_over_200_leases(
     api: Api, renter: str
 ) -> None:
     _configure(api, per_hour=4.0, seed=2026)
-    sim = api.agent(api.account("supplier", "s"))
-    sim.register(devices=10)
     caught = total = 0
-    for _ in range(20):  # 20 rounds of 10 concurrent one-device leases
+    for round_ in range(20):  # 20 rounds of 10 concurrent one-device leases
+        # a fresh supplier each round: two failed leases block a worker (docs/ledger.md)
+        sim = api.agent(api.account("supplier", f"silent-{round_}"))
+        sim.register(devices=10)
         ids = _start(api, sim, renter, leases=10)
         _run(api, HOUR - TICK)  # ticks up to the last one before the hour runs out
         for lease_id in ids:
@@ -141,7 +159,6 @@ def test_a_silent_agent_is_caught_at_the_documented_rate_over_200_leases(
             for device in lease.local_devices:
                 sim.link.report(lease.lease_id, device, "released")
         api.tick()
-        sim.solve_pending()  # the devices prove themselves again before the next round
     p = predicted_detection(4.0, HOUR)
     spread = 3 * math.sqrt(p * (1 - p) / total)
     print(f"spot checks caught {caught} of {total} silent leases; predicted {p:.4f}")

@@ -227,7 +227,7 @@ class TimeLock:
             due = [
                 lease.id
                 for lease in tx.leases.leases_in(TERMINAL_STATES)
-                if tx.proofs.certificate(lease.id) is None
+                if tx.proofs.certificate(lease.id) is None and not _spot_open(tx, lease.id)
             ]
         for lease_id in due:
             self._certify(lease_id)
@@ -243,6 +243,10 @@ class TimeLock:
             if lease.state not in TERMINAL_STATES:
                 raise Conflict(
                     f"lease {lease_id} is {lease.state}; its certificate comes at the end"
+                )
+            if _spot_open(tx, lease_id):  # judged within seconds: its outcome belongs in it
+                raise Conflict(
+                    f"lease {lease_id} has a spot check in flight; the certificate follows it"
                 )
             body, learn = self._assess(tx, lease)
             signature = b64(self._signer.sign(certificate_message(body)))
@@ -264,6 +268,10 @@ class TimeLock:
             chains[device_id].append(chain.HashedSample(sample, row.hash))
         last_signature = {device_id: b.signature for device_id, b in tx.proofs.batches(lease.id)}
         devices = {d.id: d for d in tx.workers.devices()}
+        misses: dict[str, list[certificate.MissedSpotCheck]] = defaultdict(list)
+        for c in tx.proofs.challenges(lease_id=lease.id, states=("failed", "wrong")):
+            at_ms = round((c.finished_at or c.issued_at) * 1000)
+            misses[c.device_id].append(certificate.MissedSpotCheck(c.id, at_ms, c.state, c.reason))
         results = []
         for member in tx.leases.members(lease.id):
             spec = devices[member.device_id].spec
@@ -278,6 +286,7 @@ class TimeLock:
                     t1_ms=t1,
                     t_end_ms=t_end,
                     interval_ms=self.interval_ms,
+                    spot_misses=misses.get(member.device_id, ()),
                 )
             )
         all_samples = [h.sample for c in chains.values() for h in c]
@@ -413,3 +422,7 @@ def _end_ms(tx: Transaction, lease: Lease) -> int:
             end = min(end, at)
             break
     return round(end * 1000)
+
+
+def _spot_open(tx: Transaction, lease_id: str) -> bool:
+    return bool(tx.proofs.challenges(lease_id=lease_id, states=("issued", "answered")))

@@ -7,8 +7,8 @@ offline verifier, recomputing the same integers, compares them exactly.
 
 Verdict rules (lease-wide: coverage is the mean over devices, anomaly and flag penalty the
 maximum):
-- fail if coverage < 50 %, or anomaly >= 0.5, or a device's flag penalty > 0.5, or more
-  than 10 violations per device-hour;
+- fail if coverage < 50 %, or anomaly >= 0.5, or a device's flag penalty > 0.5, or a spot
+  check was missed or answered wrongly, or more than 10 violations per device-hour;
 - pass if coverage >= 95 %, no violation, anomaly < 0.1 and at most 1 flag per 100 samples;
 - degraded otherwise.
 Payout: 0 on fail; otherwise the mean over devices of each device's share (payout.py), so
@@ -16,7 +16,8 @@ one supplier's cheating costs that device's share, not its neighbours'.
 
 A violation is a foreign process the agent says it killed, or a foreign process a sample
 lists without such a record: a sample that shows a foreign process on the device proves the
-device was not the lease's alone that second, whatever the agent says it did about it.
+device was not the lease's alone that second, whatever the agent says it did about it. A
+spot check the device missed or answered wrongly (the coordinator's record) is one too.
 """
 
 from __future__ import annotations
@@ -82,6 +83,33 @@ class ListedForeign:
 
 
 @dataclass(frozen=True, slots=True)
+class MissedSpotCheck:
+    """A spot check the device did not answer in time or answered wrongly: the coordinator's
+    own record (docs/challenge.md, "Spot checks"), not something the samples show. It is a
+    violation, and fails the lease: the device's presence is not proven."""
+
+    challenge: str
+    at_ms: int
+    outcome: str  # "failed" (missed or late) or "wrong"
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spot_check": self.challenge,
+            "at_ms": self.at_ms,
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MissedSpotCheck:
+        return cls(str(d["spot_check"]), int(d["at_ms"]), str(d["outcome"]), str(d["reason"]))
+
+
+Violations = tuple[Violation | ListedForeign | MissedSpotCheck, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceResult:
     device: str
     worker: str
@@ -89,7 +117,7 @@ class DeviceResult:
     samples: int
     covered_ms: int
     coverage_ppm: int
-    violations: tuple[Violation | ListedForeign, ...]
+    violations: Violations
     flags_count: int
     flag_penalty_ppm: int
     flags_by_rule: Mapping[str, int]
@@ -170,8 +198,10 @@ def measure_device(
     anomaly_ppm: int,
     anomaly_reason: str = "",
     anomaly_bands: Bands | None = None,
+    spot_misses: Sequence[MissedSpotCheck] = (),
 ) -> DeviceResult:
-    """A device's result from its accepted chain (seq order) and the judgments made of it."""
+    """A device's result from its accepted chain (seq order) and the judgments made of it,
+    the coordinator's missed spot checks among them."""
     samples = [item.sample for item in chain]
     covered = covered_ms((s.time_ms for s in samples), t1_ms, t_end_ms, interval_ms)
     return DeviceResult(
@@ -181,7 +211,7 @@ def measure_device(
         samples=len(samples),
         covered_ms=covered,
         coverage_ppm=coverage_ppm(covered, t1_ms, t_end_ms),
-        violations=violations_in(samples),
+        violations=violations_in(samples) + tuple(spot_misses),
         flags_count=len(flags),
         flag_penalty_ppm=flag_penalty_ppm(flags, len(samples)),
         flags_by_rule=flags_by_rule(flags),
@@ -202,6 +232,7 @@ def evaluate_device(
     t1_ms: int,
     t_end_ms: int,
     interval_ms: int,
+    spot_misses: Sequence[MissedSpotCheck] = (),
 ) -> DeviceResult:
     """`measure_device` with the telemetry flags and the anomaly score computed here."""
     samples = [item.sample for item in chain]
@@ -219,6 +250,7 @@ def evaluate_device(
         anomaly_ppm=anomaly.ppm,
         anomaly_reason=anomaly.reason,
         anomaly_bands=anomaly.bands,
+        spot_misses=spot_misses,
     )
 
 
@@ -231,6 +263,7 @@ def assess(devices: Sequence[DeviceResult], t1_ms: int, t_end_ms: int) -> Assess
     anomaly = max(d.anomaly_ppm for d in devices)
     flagged = max(d.flag_penalty_ppm for d in devices)
     violations = sum(len(d.violations) for d in devices)
+    missed = sum(isinstance(v, MissedSpotCheck) for d in devices for v in d.violations)
     flags = sum(d.flags_count for d in devices)
     samples = sum(d.samples for d in devices)
     device_hours_ms = n * max(t_end_ms - t1_ms, HOUR_MS)
@@ -238,6 +271,7 @@ def assess(devices: Sequence[DeviceResult], t1_ms: int, t_end_ms: int) -> Assess
     failing = [
         (cover < FAIL_COVERAGE_BELOW_PPM, f"coverage {_pct(cover)} is below 50 %"),
         (anomaly >= FAIL_ANOMALY_AT_PPM, f"anomaly {format_ppm(anomaly)} is at least 0.5"),
+        (missed > 0, f"{missed} spot check{'' if missed == 1 else 's'} missed or wrong"),
         (
             flagged > FAIL_FLAG_PENALTY_ABOVE_PPM,
             f"flag penalty {format_ppm(flagged)} is above 0.5",

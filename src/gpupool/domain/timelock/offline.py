@@ -8,7 +8,8 @@ certificate body and compares it with the one given, field by field.
 
 What it takes on trust: the anomaly bands each device was scored against (they come from the
 model learned from other leases, which the certificate does not carry; anyone can compare
-them with the board's published priors), and, unless `verify_head` is given, that the
+them with the board's published priors), the spot checks the coordinator records as missed
+(its own observation, under its signature), and, unless `verify_head` is given, that the
 chains are the workers' own. The anomaly score and its reason are recomputed from the bands
 and the samples.
 """
@@ -25,6 +26,7 @@ from gpupool.domain.timelock.anomaly import BAND_SCALE, SCORED, STD_FLOOR, score
 from gpupool.domain.timelock.certificate import (
     VERSION,
     DeviceResult,
+    MissedSpotCheck,
     beacons_used,
     certificate_body,
     measure_device,
@@ -191,6 +193,10 @@ def _recompute(
         anomaly_ppm=anomaly.ppm,
         anomaly_reason=anomaly.reason,
         anomaly_bands=anomaly.bands,
+        # the coordinator's testimony: the samples cannot show a check the device missed
+        spot_misses=[
+            MissedSpotCheck.from_dict(v) for v in entry["violations"] if "spot_check" in v
+        ],
     )
 
 
