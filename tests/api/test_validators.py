@@ -63,7 +63,7 @@ def test_a_worker_lying_on_a_fifth_of_its_jobs_is_caught_and_an_honest_one_never
     database: SqlDatabase, seed: int
 ) -> None:
     world = make_world(database)
-    tasks = Tasks(database, world.clock, uniform=random.Random(seed).random)
+    tasks = Tasks(database, world.clock, rng=random.Random(seed))
     cheat, honest = world.account(Role.SUPPLIER, "cheat"), world.account(Role.SUPPLIER, "honest")
     cheater_id, honest_id = _worker_of(world, cheat), _worker_of(world, honest)
     renter = world.account(Role.RENTER, "r")

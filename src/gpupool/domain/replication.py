@@ -2,7 +2,12 @@
 outputs agree, and who is wrong when they do not (docs/ledger.md, "Validators").
 
 - Sampling: each finished, unchecked job is re-run with probability p, drawn independently,
-  so a supplier that cheats on m jobs escapes with probability (1 - p)^m.
+  so a supplier that cheats on m jobs escapes with probability (1 - p)^m; with colluders
+  holding share s of the re-run pool, who recognise a re-run by its content and copy the
+  wrong output, (1 - p (1 - s))^m.
+- Who runs it: `eligible` narrows the devices to those that may take a run; the coordinator
+  then draws one uniformly with its own randomness. Nothing a supplier chooses (its key, and
+  so its worker and device ids) orders the choice.
 - Agreement: equal sha256 hashes; or, for jobs submitted with a tolerance, outputs that
   parse as the same number of whitespace-separated numbers, each pair within
   `tolerance x max(1, |a|, |b|)` (absolute near zero, relative for large values).
@@ -13,17 +18,73 @@ outputs agree, and who is wrong when they do not (docs/ledger.md, "Validators").
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 
-def escape_probability(p: float, jobs: int) -> float:
-    """The chance that none of `jobs` cheated jobs is re-run when each is with chance p."""
-    if not 0.0 <= p <= 1.0 or jobs < 0:
-        raise ValueError("p must lie in [0, 1] and jobs be >= 0")
-    return (1.0 - p) ** jobs
+def escape_probability(p: float, jobs: int, colluding_share: float = 0.0) -> float:
+    """The chance that none of `jobs` cheated jobs meets an honest re-run, when each is
+    re-run with chance p on a device drawn from a pool whose share `colluding_share` copies
+    the cheater's output."""
+    if not 0.0 <= p <= 1.0 or jobs < 0 or not 0.0 <= colluding_share <= 1.0:
+        raise ValueError("p and the share must lie in [0, 1] and jobs be >= 0")
+    return (1.0 - p * (1.0 - colluding_share)) ** jobs
+
+
+def network_of(address: str | None) -> str | None:
+    """The network an address belongs to: its IPv4 /24 or IPv6 /48. Loopback, private and
+    other non-global addresses name none: behind a proxy or on one test machine they say
+    nothing about who operates the worker."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return None
+    if not ip.is_global:
+        return None
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """Who a device (or an earlier run's device) belongs to, as far as the coordinator
+    knows it: the supplier account, the network it was seen from (None: unknown), the
+    region."""
+
+    device_id: str
+    supplier_id: str
+    network: str | None
+    region: str
+
+
+def eligible(devices: Sequence[Seat], earlier: Sequence[Seat], load: dict[str, int]) -> list[Seat]:
+    """The devices that may take the next run of a job whose runs so far were on `earlier`
+    (empty for a first run), sorted by id so that a seeded draw repeats.
+
+    Hard: another supplier than every earlier run, and another network where both are
+    known. Preferred: another region than every earlier run, where any such device exists
+    (regions are self-declared, so they cannot be a hard rule without letting a supplier
+    starve validation by claiming every region). Then only the least-loaded devices: load
+    limits who is eligible but never orders them."""
+    suppliers = {e.supplier_id for e in earlier}
+    networks = {e.network for e in earlier if e.network is not None}
+    regions = {e.region for e in earlier}
+    allowed = [
+        d
+        for d in devices
+        if d.supplier_id not in suppliers and (d.network is None or d.network not in networks)
+    ]
+    elsewhere = [d for d in allowed if d.region not in regions]
+    allowed = elsewhere or allowed
+    if not allowed:
+        return []
+    least = min(load.get(d.device_id, 0) for d in allowed)
+    return sorted(
+        (d for d in allowed if load.get(d.device_id, 0) == least), key=lambda d: d.device_id
+    )
 
 
 def pick(job_ids: Sequence[str], p: float, uniform: Callable[[], float]) -> list[str]:

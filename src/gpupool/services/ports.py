@@ -434,6 +434,12 @@ class TaskRepo(Protocol):
         """Assigned runs per device."""
         ...
 
+    def note_address(self, worker_id: str, address: str, at: float) -> None:
+        """The address a worker was last seen fetching its runs from."""
+        ...
+
+    def addresses(self, worker_ids: Sequence[str]) -> dict[str, str]: ...
+
 
 class Transaction(Protocol):
     @property

@@ -6,13 +6,16 @@ slashes and rewards go through the ledger in the transaction that reaches the ve
 
 A job's runs: `job` (the original), `check` (a validator's re-run, on a device of a
 supplier that has not run the job), `third` (after a mismatch, on a third supplier's).
+Every run goes to a device drawn with the coordinator's own randomness from those
+`replication.eligible` allows; a run no device may take waits (docs/ledger.md). Each run has
+its own random id, and agents are told only that id and the work, so a re-run looks to
+the agent like any first run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpupool.domain import ledger as money
@@ -53,14 +56,14 @@ class Tasks:
         self,
         db: Database,
         clock: Clock,
-        uniform: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
         run_deadline_seconds: float = RUN_DEADLINE_SECONDS,
     ) -> None:
         self._db = db
         self._clock = clock
         self.run_deadline_seconds = run_deadline_seconds
-        # Validators' sampling draws; tests pass a seeded generator.
-        self._uniform = uniform or random.SystemRandom().random
+        # Validators' sampling and the choice of devices; tests pass a seeded generator.
+        self._rng = rng or random.SystemRandom()
 
     # renters --------------------------------------------------------------------------
 
@@ -134,28 +137,47 @@ class Tasks:
         if not waiting:
             return 0
         pool = [d for d in in_pool(tx, tx.workers.devices()) if d.available]
+        devices = {d.id: d for d in tx.workers.devices()}
+        addresses = tx.tasks.addresses(sorted({d.worker_id for d in devices.values()}))
+        networks = {w: rules.network_of(a) for w, a in addresses.items()}
+
+        def seat(device_id: str) -> rules.Seat:
+            d = devices[device_id]
+            return rules.Seat(d.id, d.supplier_id, networks.get(d.worker_id), d.location.region)
+
+        seats = [seat(d.id) for d in pool]
         load = tx.tasks.load()
         assigned = 0
+        told: set[str] = set()
         for run in waiting:
-            taken = {r.supplier_id for r in tx.tasks.runs(run.task_id) if r.supplier_id}
-            choices = [d for d in pool if run.purpose == "job" or d.supplier_id not in taken]
+            earlier = [
+                seat(r.device_id)
+                for r in tx.tasks.runs(run.task_id)
+                if run.purpose != "job" and r.device_id in devices
+            ]
+            choices = rules.eligible(seats, earlier, load)
             if not choices:
-                continue
-            device = min(choices, key=lambda d: (load.get(d.id, 0), d.id))
+                continue  # waits for a device it may go to (never the same supplier's)
+            chosen = devices[self._rng.choice(choices).device_id]
             now = self._clock.now()
-            tx.tasks.assign_run(run.id, device.id, device.worker_id, device.supplier_id, now)
-            load[device.id] = load.get(device.id, 0) + 1
+            tx.tasks.assign_run(run.id, chosen.id, chosen.worker_id, chosen.supplier_id, now)
+            load[chosen.id] = load.get(chosen.id, 0) + 1
+            told.add(chosen.worker_id)
             assigned += 1
-        if assigned:
-            workers = {d.worker_id for d in pool if load.get(d.id)}
-            tx.workers.bump_lease_version(sorted(workers))
+        if told:
+            tx.workers.bump_lease_version(sorted(told))
         return assigned
 
     # agents -------------------------------------------------------------------------------
 
-    def work(self, worker_id: str) -> list[tuple[RunRecord, TaskRecord]]:
-        """The runs assigned to a worker, with their tasks."""
+    def work(
+        self, worker_id: str, address: str | None = None
+    ) -> list[tuple[RunRecord, TaskRecord]]:
+        """The runs assigned to a worker, with their tasks; `address` is where the request
+        came from (remembered so that re-runs avoid this worker's network)."""
         with self._db.transaction() as tx:
+            if address:
+                tx.tasks.note_address(worker_id, address, self._clock.now())
             runs = tx.tasks.assigned_runs(worker_id)
             tasks = {t.id: t for t in tx.tasks.tasks_by_id(sorted({r.task_id for r in runs}))}
             return [(r, tasks[r.task_id]) for r in runs]
@@ -211,7 +233,7 @@ class Tasks:
         now = self._clock.now()
         with self._db.transaction() as tx:
             candidates = tx.tasks.unvalidated()
-            chosen = set(rules.pick(candidates, p, self._uniform))
+            chosen = set(rules.pick(candidates, p, self._rng.random))
             picked = []
             for task_id in candidates:
                 # a concurrent validator may have claimed it since it was read: skip it then

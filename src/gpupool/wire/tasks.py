@@ -52,8 +52,10 @@ class TaskOut(Response):
 
 
 class AgentRunOut(Response):
+    """A run as its agent sees it. A first run and a validator's re-run look alike: a fresh
+    random run id, never the task's id or the run's purpose."""
+
     run_id: str
-    task_id: str
     device_id: str
     command: str
     image: str | None

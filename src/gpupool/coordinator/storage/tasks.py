@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from gpupool.coordinator.storage.ledger_tables import task_runs, tasks
+from gpupool.coordinator.storage.ledger_tables import task_runs, tasks, worker_addresses
 from gpupool.services.ports import RunRecord, TaskRecord
 
 
@@ -206,3 +206,25 @@ class SqlTasks:
             .group_by(task_runs.c.device_id)
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def note_address(self, worker_id: str, address: str, at: float) -> None:
+        row = worker_addresses.c
+        known = self._c.execute(sa.select(row.address).where(row.worker_id == worker_id)).first()
+        if known is None:
+            values = {"worker_id": worker_id, "address": address, "seen_at": at}
+            self._c.execute(worker_addresses.insert().values(**values))
+        elif known.address != address:
+            self._c.execute(
+                worker_addresses.update()
+                .where(row.worker_id == worker_id)
+                .values(address=address, seen_at=at)
+            )
+
+    def addresses(self, worker_ids: Sequence[str]) -> dict[str, str]:
+        if not worker_ids:
+            return {}
+        row = worker_addresses.c
+        rows = self._c.execute(
+            sa.select(row.worker_id, row.address).where(row.worker_id.in_(list(worker_ids)))
+        )
+        return {r.worker_id: r.address for r in rows}
