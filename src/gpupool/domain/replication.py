@@ -60,15 +60,18 @@ class Seat:
     region: str
 
 
-def eligible(devices: Sequence[Seat], earlier: Sequence[Seat], load: dict[str, int]) -> list[Seat]:
+# A first run goes to a device holding fewer unanswered runs than this where there is one.
+QUEUE = 2
+
+
+def eligible(devices: Sequence[Seat], earlier: Sequence[Seat]) -> list[Seat]:
     """The devices that may take the next run of a job whose runs so far were on `earlier`
     (empty for a first run), sorted by id so that a seeded draw repeats.
 
     Hard: another supplier than every earlier run, and another network where both are
     known. Preferred: another region than every earlier run, where any such device exists
-    (regions are self-declared, so they cannot be a hard rule without letting a supplier
-    starve validation by claiming every region). Then only the least-loaded devices: load
-    limits who is eligible but never orders them."""
+    (regions are self-declared, so a hard rule would let a supplier starve validation by
+    claiming every region)."""
     suppliers = {e.supplier_id for e in earlier}
     networks = {e.network for e in earlier if e.network is not None}
     regions = {e.region for e in earlier}
@@ -78,13 +81,19 @@ def eligible(devices: Sequence[Seat], earlier: Sequence[Seat], load: dict[str, i
         if d.supplier_id not in suppliers and (d.network is None or d.network not in networks)
     ]
     elsewhere = [d for d in allowed if d.region not in regions]
-    allowed = elsewhere or allowed
-    if not allowed:
-        return []
-    least = min(load.get(d.device_id, 0) for d in allowed)
-    return sorted(
-        (d for d in allowed if load.get(d.device_id, 0) == least), key=lambda d: d.device_id
-    )
+    return sorted(elsewhere or allowed, key=lambda d: d.device_id)
+
+
+def unqueued(devices: Sequence[Seat], load: dict[str, int], queue: int = QUEUE) -> list[Seat]:
+    """A first run's devices: those holding fewer than `queue` unanswered runs, else the
+    least loaded. Load limits who may be drawn but never orders the draw, and re-runs
+    ignore it: a cartel that answers at once (it copies instead of computing) would
+    otherwise always be the least loaded and draw the re-runs."""
+    free = [d for d in devices if load.get(d.device_id, 0) < queue]
+    if free or not devices:
+        return free
+    least = min(load.get(d.device_id, 0) for d in devices)
+    return [d for d in devices if load.get(d.device_id, 0) == least]
 
 
 def pick(job_ids: Sequence[str], p: float, uniform: Callable[[], float]) -> list[str]:

@@ -155,7 +155,9 @@ class Tasks:
                 for r in tx.tasks.runs(run.task_id)
                 if run.purpose != "job" and r.device_id in devices
             ]
-            choices = rules.eligible(seats, earlier, load)
+            choices = rules.eligible(seats, earlier)
+            if run.purpose == "job":
+                choices = rules.unqueued(choices, load)
             if not choices:
                 continue  # waits for a device it may go to (never the same supplier's)
             chosen = devices[self._rng.choice(choices).device_id]

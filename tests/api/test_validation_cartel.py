@@ -1,0 +1,181 @@
+"""Validation a cartel cannot steer, attacked by modified agents on the real signed link
+against a real coordinator (in-process app, real database, seeded coordinator randomness):
+
+- a supplier whose key was ground so its worker id sorts first gets its fair share of
+  protocol-mode runs, not all of them (a one-sided binomial test at alpha = 0.001);
+- colluders holding share s of the re-run pool, who recognise their partner's jobs by
+  content and copy its wrong output, let it escape at the rate docs/ledger.md predicts,
+  1 - p (1 - s) per job, and no more;
+- a re-run's message to the agent shares no id with the job's first run.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gpupool.crypto.identity import Identity
+from gpupool.domain import replication as rules
+from gpupool.services.tasks import Tasks
+from tests.api.conftest import AgentSim, Api
+
+ALPHA = 0.001  # the tests' significance: a fair coordinator fails one seed in a thousand
+WRONG = b"0" * 64 + b"  -\n"  # what a cheater returns instead of doing the work
+
+
+def _seeded(api: Api, seed: int) -> None:
+    """The coordinator's randomness, seeded so that each test's draw repeats."""
+    app: Any = api.http.app
+    tasks = Tasks(api.db, api.clock, rng=random.Random(seed))
+    app.state.services = dataclasses.replace(app.state.services, tasks=tasks)
+
+
+def _honest(data: bytes) -> bytes:
+    return hashlib.sha256(data).hexdigest().encode() + b"  -\n"  # `sha256sum` of stdin
+
+
+def _submit(api: Api, renter: str, data: bytes) -> Any:
+    body = {"command": "sha256sum", "input_b64": base64.b64encode(data).decode()}
+    r = api.http.post("/v1/tasks", json=body, headers=api.as_key(renter))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _answer(sim: AgentSim, output_of: Any) -> int:
+    """One poll of a modified agent: every run it was given, answered by `output_of(input)`
+    through the signed link; returns how many."""
+    runs = sim.link.tasks()
+    for run in runs:
+        output = output_of(base64.b64decode(run.input_b64))
+        sim.link.task_result(run.run_id, output, hashlib.sha256(output).hexdigest())
+    return len(runs)
+
+
+def _supplier(api: Api, name: str, devices: int = 1, identity: Identity | None = None) -> AgentSim:
+    sim = api.agent(api.account("supplier", name), identity)
+    sim.register(devices=devices)
+    return sim
+
+
+def _upper_critical(n: int, q: float, alpha: float) -> int:
+    """The smallest c with P(X >= c) <= alpha for X ~ Binomial(n, q)."""
+    tail = 1.0
+    for c in range(n + 1):
+        if tail <= alpha:
+            return c
+        tail -= math.comb(n, c) * q**c * (1 - q) ** (n - c)
+    return n + 1
+
+
+JOBS = 300
+HONEST = 5
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_a_ground_key_gets_no_more_than_its_fair_share_of_runs(api: Api, seed: int) -> None:
+    _seeded(api, seed)
+    honest = [_supplier(api, f"h{i}") for i in range(HONEST)]
+    # the grinder: the smallest of 200 worker ids, far below every honest one
+    ground = min((Identity.generate() for _ in range(200)), key=lambda i: i.worker_id)
+    assert all(ground.worker_id < h.worker_id for h in honest)
+    grinder = _supplier(api, "grinder", identity=ground)
+    sims = {s.worker_id: s for s in [*honest, grinder]}
+    renter = api.account("renter", "r")
+    got: Counter[str] = Counter()
+    for i in range(JOBS):
+        # every agent answers at once, so every device is idle at each submit: the setting
+        # in which ordering by id handed the grinder 30 of 30 jobs
+        task = _submit(api, renter, f"job {i}".encode())
+        worker = task["runs"][0]["worker_id"]
+        got[worker] += 1
+        assert _answer(sims[worker], _honest) == 1
+    fair = 1 / len(sims)
+    critical = _upper_critical(JOBS, fair, ALPHA)
+    assert got[grinder.worker_id] < critical, (got, critical)
+    # and nobody is starved either: each device's count lies within the two-sided band
+    low = JOBS - _upper_critical(JOBS, 1 - fair, ALPHA)
+    assert all(low < got[w] < critical for w in sims), (got, low, critical)
+
+
+CHEATED = 300
+P = 0.5
+
+
+def test_colluders_with_half_the_pool_let_a_cheat_escape_at_the_predicted_rate(api: Api) -> None:
+    _seeded(api, 21)
+    cheater = _supplier(api, "cheater")
+    renter = api.account("renter", "r")
+    inputs = [f"input {i}".encode() for i in range(CHEATED)]
+    tasks = [_submit(api, renter, data)["id"] for data in inputs]
+    assert _answer(cheater, lambda _: WRONG) == CHEATED  # the only device yet: all its jobs
+    cheated = set(inputs)  # what the cartel shares: the content of the partner's jobs
+
+    partner = _supplier(api, "partner", devices=3)  # one supplier, three devices
+    honest = [_supplier(api, f"h{i}") for i in range(3)]
+    share = 3 / 6  # the partner's share of the devices a re-run may go to
+
+    validator = api.account("validator", "v")
+    r = api.http.post("/v1/validations", json={"p": P}, headers=api.as_key(validator))
+    sampled = set(r.json()["sampled"])
+
+    def copy_or_compute(data: bytes) -> bytes:
+        return WRONG if data in cheated else _honest(data)
+
+    while sum(_answer(h, _honest) for h in honest) + _answer(partner, copy_or_compute):
+        pass
+    ids = ",".join(tasks)
+    views = api.http.get(f"/v1/validations?ids={ids}", headers=api.as_key(validator)).json()
+    assert {v["id"] for v in views} == sampled
+    honest_ids = {h.worker_id for h in honest}
+    # a mismatch was seen: the re-run met an honest device
+    seen = [v for v in views if any(r["purpose"] == "third" for r in v["runs"])]
+    escaped = CHEATED - len(seen)
+    predicted = 1 - P * (1 - share)
+    assert predicted == rules.escape_probability(P, 1, share)
+    spread = math.sqrt(CHEATED * predicted * (1 - predicted))
+    assert abs(escaped - CHEATED * predicted) <= 4 * spread, (escaped, CHEATED * predicted)
+    # every check went to another supplier than the cheater, and honest checks disagreed
+    for v in views:
+        check = next(r for r in v["runs"] if r["purpose"] == "check")
+        assert check["worker_id"] != cheater.worker_id
+        assert (v in seen) == (check["worker_id"] in honest_ids)
+    # the third run is drawn from the pool without the cheater and the checker: the partner
+    # holds 3 of its 5 devices there, and when drawn its copy outvotes the honest check
+    thirds = [next(r for r in v["runs"] if r["purpose"] == "third") for v in seen]
+    caught = sum(t["worker_id"] in honest_ids for t in thirds)
+    third_share = 3 / 5
+    expected = len(seen) * (1 - third_share)
+    wide = math.sqrt(len(seen) * third_share * (1 - third_share))
+    assert abs(caught - expected) <= 4 * wide, (caught, expected)
+    with api.db.transaction() as tx:
+        assert tx.ledger.fraud_count(cheater.worker_id) == caught
+        framed = sum(tx.ledger.fraud_count(h.worker_id) for h in honest)
+    assert framed == len(seen) - caught > 0  # the cartel's third runs slash honest checkers
+    assert all(v["validation"] == "caught" for v in seen)
+
+
+def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:
+    _seeded(api, 31)
+    first = _supplier(api, "first")
+    renter = api.account("renter", "r")
+    task = _submit(api, renter, b"same content twice")
+    second = _supplier(api, "second")
+    job_message = first.link.call("GET", "/v1/agent/tasks")[0]
+    _answer(first, _honest)
+    validator = api.account("validator", "v")
+    api.http.post("/v1/validations", json={"p": 1.0}, headers=api.as_key(validator))
+    (check_message,) = second.link.call("GET", "/v1/agent/tasks")
+
+    assert set(check_message) == set(job_message)  # the same kind of message
+    ids = {task["id"], job_message["run_id"], *(r["id"] for r in task["runs"])}
+    assert not ids & set(check_message.values())
+    assert task["id"] not in str(check_message) and job_message["run_id"] not in str(check_message)
+    # what it cannot hide: the work itself is the same
+    assert check_message["input_b64"] == job_message["input_b64"]
