@@ -20,7 +20,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from gpupool.agent.link import CoordinatorLink
 from gpupool.crypto.identity import Identity
 from gpupool.domain import replication as rules
 from gpupool.services.tasks import Tasks
@@ -184,3 +186,38 @@ def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:
     assert task["id"] not in str(check_message) and job_message["run_id"] not in str(check_message)
     # what it cannot hide: the work itself is the same
     assert check_message["input_b64"] == job_message["input_b64"]
+
+
+def _at(api: Api, name: str, address: str) -> AgentSim:
+    """A supplier whose agent reaches the coordinator from `address` (its TCP peer)."""
+    identity = _key(name)
+    http = TestClient(api.http.app, raise_server_exceptions=False, client=(address, 40000))
+    link = CoordinatorLink(
+        "http://testserver", identity, api.account("supplier", name), clock=api.clock.now, http=http
+    )
+    sim = AgentSim(api, identity, link)
+    sim.register(devices=1)
+    assert sim.link.tasks() == []  # its first poll: the coordinator now knows its address
+    return sim
+
+
+def test_a_rerun_avoids_the_network_of_the_first_run_and_waits_for_one(api: Api) -> None:
+    _seeded(api, 41)
+    runner = _at(api, "runner", "81.2.69.10")
+    renter = api.account("renter", "r")
+    tasks = [_submit(api, renter, f"job {i}".encode())["id"] for i in range(8)]
+    assert _answer(runner, _honest) == 8
+    neighbour = _at(api, "neighbour", "81.2.69.77")  # another account, the same /24
+    validator = api.account("validator", "v")
+    api.http.post("/v1/validations", json={"p": 1.0}, headers=api.as_key(validator))
+    ids = ",".join(tasks)
+    views = api.http.get(f"/v1/validations?ids={ids}", headers=api.as_key(validator)).json()
+    checks = [next(r for r in v["runs"] if r["purpose"] == "check") for v in views]
+    assert all(c["state"] == "waiting" for c in checks)  # never on the runner's network
+    assert neighbour.link.tasks() == []
+
+    elsewhere = _at(api, "elsewhere", "5.6.7.8")
+    api.tick()
+    assert _answer(elsewhere, _honest) == 8
+    views = api.http.get(f"/v1/validations?ids={ids}", headers=api.as_key(validator)).json()
+    assert [v["validation"] for v in views] == ["confirmed"] * 8
