@@ -81,91 +81,107 @@ def _upper_critical(n: int, q: float, alpha: float) -> int:
     return n + 1
 
 
-JOBS = 300
-HONEST = 5
+def grind(api: Api, seed: int, jobs: int, honest: int) -> tuple[Counter[str], str]:
+    """A ground key among `honest` suppliers of one device each, every agent answering at
+    once so that every device is idle at each submit (the setting in which ordering by id
+    handed the grinder 30 of 30 jobs). Returns the first runs per worker and the grinder."""
+    _seeded(api, seed)
+    others = [_supplier(api, f"h{i}") for i in range(honest)]
+    # the grinder's key: the smallest worker id of 200 tries, below every honest one
+    ground = min((_key(f"grind {j}") for j in range(200)), key=lambda i: i.worker_id)
+    assert all(ground.worker_id < h.worker_id for h in others)
+    grinder = _supplier(api, "grinder", identity=ground)
+    sims = {s.worker_id: s for s in [*others, grinder]}
+    renter = api.account("renter", "r")
+    got: Counter[str] = Counter()
+    for i in range(jobs):
+        worker = _submit(api, renter, f"job {i}".encode())["runs"][0]["worker_id"]
+        got[worker] += 1
+        assert _answer(sims[worker], _honest) == 1
+    return got, grinder.worker_id
 
 
 @pytest.mark.parametrize("seed", [11, 12])
 def test_a_ground_key_gets_no_more_than_its_fair_share_of_runs(api: Api, seed: int) -> None:
-    _seeded(api, seed)
-    honest = [_supplier(api, f"h{i}") for i in range(HONEST)]
-    # the grinder: the smallest of 200 worker ids, far below every honest one
-    ground = min((_key(f"grind {j}") for j in range(200)), key=lambda i: i.worker_id)
-    assert all(ground.worker_id < h.worker_id for h in honest)
-    grinder = _supplier(api, "grinder", identity=ground)
-    sims = {s.worker_id: s for s in [*honest, grinder]}
-    renter = api.account("renter", "r")
-    got: Counter[str] = Counter()
-    for i in range(JOBS):
-        # every agent answers at once, so every device is idle at each submit: the setting
-        # in which ordering by id handed the grinder 30 of 30 jobs
-        task = _submit(api, renter, f"job {i}".encode())
-        worker = task["runs"][0]["worker_id"]
-        got[worker] += 1
-        assert _answer(sims[worker], _honest) == 1
-    fair = 1 / len(sims)
-    critical = _upper_critical(JOBS, fair, ALPHA)
-    assert got[grinder.worker_id] < critical, (got, critical)
+    jobs, honest = 300, 5
+    got, grinder = grind(api, seed, jobs, honest)
+    fair = 1 / (honest + 1)
+    critical = _upper_critical(jobs, fair, ALPHA)
+    assert got[grinder] < critical, (got, critical)
     # and nobody is starved either: each device's count lies within the two-sided band
-    low = JOBS - _upper_critical(JOBS, 1 - fair, ALPHA)
-    assert all(low < got[w] < critical for w in sims), (got, low, critical)
+    low = jobs - _upper_critical(jobs, 1 - fair, ALPHA)
+    assert len(got) == honest + 1 and all(low < n < critical for n in got.values()), got
 
 
-CHEATED = 300
-P = 0.5
+@dataclasses.dataclass(frozen=True)
+class Cartel:
+    """What validation saw of a cheater whose partner copies its outputs."""
+
+    jobs: int  # cheated jobs
+    sampled: int
+    mismatched: int  # re-runs that met an honest device: the cheat was seen
+    caught: int  # the cheater slashed (an honest third run)
+    framed: int  # an honest checker slashed (the partner drew the third run and outvoted it)
 
 
-def test_colluders_with_half_the_pool_let_a_cheat_escape_at_the_predicted_rate(api: Api) -> None:
-    _seeded(api, 21)
+def collude(api: Api, seed: int, jobs: int, p: float, partner: int, honest: int) -> Cartel:
+    """A cheater runs `jobs` jobs alone and returns a made-up output for each; then its
+    partner (one supplier with `partner` devices) and `honest` one-device suppliers join,
+    and a validator samples with p. The partner recognises the cheater's jobs by their
+    content (what the cartel shares) and copies the made-up output; the rest compute."""
+    _seeded(api, seed)
     cheater = _supplier(api, "cheater")
     renter = api.account("renter", "r")
-    inputs = [f"input {i}".encode() for i in range(CHEATED)]
+    inputs = [f"input {i}".encode() for i in range(jobs)]
     tasks = [_submit(api, renter, data)["id"] for data in inputs]
-    assert _answer(cheater, lambda _: WRONG) == CHEATED  # the only device yet: all its jobs
-    cheated = set(inputs)  # what the cartel shares: the content of the partner's jobs
-
-    partner = _supplier(api, "partner", devices=3)  # one supplier, three devices
-    honest = [_supplier(api, f"h{i}") for i in range(3)]
-    share = 3 / 6  # the partner's share of the devices a re-run may go to
-
+    assert _answer(cheater, lambda _: WRONG) == jobs  # the only device yet: all its jobs
+    cheated = set(inputs)
+    mate = _supplier(api, "partner", devices=partner)
+    others = [_supplier(api, f"h{i}") for i in range(honest)]
     validator = api.account("validator", "v")
-    r = api.http.post("/v1/validations", json={"p": P}, headers=api.as_key(validator))
+    r = api.http.post("/v1/validations", json={"p": p}, headers=api.as_key(validator))
     sampled = set(r.json()["sampled"])
 
     def copy_or_compute(data: bytes) -> bytes:
         return WRONG if data in cheated else _honest(data)
 
-    while sum(_answer(h, _honest) for h in honest) + _answer(partner, copy_or_compute):
+    while sum(_answer(h, _honest) for h in others) + _answer(mate, copy_or_compute):
         pass
     ids = ",".join(tasks)
     views = api.http.get(f"/v1/validations?ids={ids}", headers=api.as_key(validator)).json()
     assert {v["id"] for v in views} == sampled
-    honest_ids = {h.worker_id for h in honest}
-    # a mismatch was seen: the re-run met an honest device
-    seen = [v for v in views if any(r["purpose"] == "third" for r in v["runs"])]
-    escaped = CHEATED - len(seen)
-    predicted = 1 - P * (1 - share)
-    assert predicted == rules.escape_probability(P, 1, share)
-    spread = math.sqrt(CHEATED * predicted * (1 - predicted))
-    assert abs(escaped - CHEATED * predicted) <= 4 * spread, (escaped, CHEATED * predicted)
-    # every check went to another supplier than the cheater, and honest checks disagreed
-    for v in views:
-        check = next(r for r in v["runs"] if r["purpose"] == "check")
+    honest_ids = {h.worker_id for h in others}
+    runs = [{r["purpose"]: r for r in v["runs"]} for v in views]
+    for by_purpose in runs:  # checks never on the cheater; honest checks disagree, others not
+        check = by_purpose["check"]
         assert check["worker_id"] != cheater.worker_id
-        assert (v in seen) == (check["worker_id"] in honest_ids)
-    # the third run is drawn from the pool without the cheater and the checker: the partner
-    # holds 3 of its 5 devices there, and when drawn its copy outvotes the honest check
-    thirds = [next(r for r in v["runs"] if r["purpose"] == "third") for v in seen]
-    caught = sum(t["worker_id"] in honest_ids for t in thirds)
-    third_share = 3 / 5
-    expected = len(seen) * (1 - third_share)
-    wide = math.sqrt(len(seen) * third_share * (1 - third_share))
-    assert abs(caught - expected) <= 4 * wide, (caught, expected)
+        assert ("third" in by_purpose) == (check["worker_id"] in honest_ids)
+    thirds = [by_purpose["third"] for by_purpose in runs if "third" in by_purpose]
     with api.db.transaction() as tx:
-        assert tx.ledger.fraud_count(cheater.worker_id) == caught
-        framed = sum(tx.ledger.fraud_count(h.worker_id) for h in honest)
-    assert framed == len(seen) - caught > 0  # the cartel's third runs slash honest checkers
-    assert all(v["validation"] == "caught" for v in seen)
+        caught = tx.ledger.fraud_count(cheater.worker_id)
+        framed = sum(tx.ledger.fraud_count(h.worker_id) for h in others)
+    assert caught == sum(t["worker_id"] in honest_ids for t in thirds)
+    assert framed == len(thirds) - caught
+    return Cartel(jobs, len(sampled), len(thirds), caught, framed)
+
+
+def test_colluders_with_half_the_pool_let_a_cheat_escape_at_the_predicted_rate(api: Api) -> None:
+    p, jobs = 0.5, 300
+    seen = collude(api, 21, jobs, p, partner=3, honest=3)
+    share = 3 / 6  # the partner's devices among those a re-run may go to
+    predicted = 1 - p * (1 - share)
+    assert predicted == rules.escape_probability(p, 1, share)
+    escaped = jobs - seen.mismatched
+    spread = math.sqrt(jobs * predicted * (1 - predicted))
+    assert abs(escaped - jobs * predicted) <= 4 * spread, (seen, jobs * predicted)
+    assert 0 < seen.mismatched < seen.sampled  # caught sometimes, not always
+    # the third run is drawn without the cheater and the checker: the partner holds 3 of
+    # those 5 devices, and when drawn its copy outvotes the honest check
+    third_share = 3 / 5
+    expected = seen.mismatched * (1 - third_share)
+    wide = math.sqrt(seen.mismatched * third_share * (1 - third_share))
+    assert abs(seen.caught - expected) <= 4 * wide, (seen, expected)
+    assert seen.framed > 0
 
 
 def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:
