@@ -136,24 +136,30 @@ class Tasks:
         waiting = tx.tasks.waiting_runs()
         if not waiting:
             return 0
-        pool = [d for d in in_pool(tx, tx.workers.devices()) if d.available]
         devices = {d.id: d for d in tx.workers.devices()}
+        pool = [d for d in in_pool(tx, list(devices.values())) if d.available]
         addresses = tx.tasks.addresses(sorted({d.worker_id for d in devices.values()}))
         networks = {w: rules.network_of(a) for w, a in addresses.items()}
+        seats = [
+            rules.Seat(d.id, d.supplier_id, networks.get(d.worker_id), d.location.region)
+            for d in pool
+        ]
 
-        def seat(device_id: str) -> rules.Seat:
-            d = devices[device_id]
-            return rules.Seat(d.id, d.supplier_id, networks.get(d.worker_id), d.location.region)
+        def seat_of(run: RunRecord) -> rules.Seat:
+            # the supplier recorded with the run, so a device since removed still counts
+            device = devices.get(run.device_id or "")
+            region = device.location.region if device is not None else ""
+            network = networks.get(run.worker_id or "")
+            return rules.Seat(run.device_id or "", run.supplier_id or "", network, region)
 
-        seats = [seat(d.id) for d in pool]
         load = tx.tasks.load()
         assigned = 0
         told: set[str] = set()
         for run in waiting:
             earlier = [
-                seat(r.device_id)
+                seat_of(r)
                 for r in tx.tasks.runs(run.task_id)
-                if run.purpose != "job" and r.device_id in devices
+                if run.purpose != "job" and r.supplier_id is not None
             ]
             choices = rules.eligible(seats, earlier)
             if run.purpose == "job":
