@@ -39,6 +39,10 @@ def _seeded(api: Api, seed: int) -> None:
     app.state.services = dataclasses.replace(app.state.services, tasks=tasks)
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _honest(data: bytes) -> bytes:
     return hashlib.sha256(data).hexdigest().encode() + b"  -\n"  # `sha256sum` of stdin
 
@@ -56,7 +60,7 @@ def _answer(sim: AgentSim, output_of: Any) -> int:
     runs = sim.link.tasks()
     for run in runs:
         output = output_of(base64.b64decode(run.input_b64))
-        sim.link.task_result(run.run_id, output, hashlib.sha256(output).hexdigest())
+        sim.link.task_result(run.run_id, output, _sha(output))
     return len(runs)
 
 
@@ -190,8 +194,10 @@ def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:
     renter = api.account("renter", "r")
     task = _submit(api, renter, b"same content twice")
     second = _supplier(api, "second")
-    job_message = first.link.call("GET", "/v1/agent/tasks")[0]
-    _answer(first, _honest)
+    (job_message,) = first.link.call("GET", "/v1/agent/tasks")
+    output = _honest(b"same content twice")
+    result = {"output_b64": base64.b64encode(output).decode(), "output_hash": _sha(output)}
+    job_answer = first.link.call("POST", f"/v1/agent/tasks/{job_message['run_id']}/result", result)
     validator = api.account("validator", "v")
     api.http.post("/v1/validations", json={"p": 1.0}, headers=api.as_key(validator))
     (check_message,) = second.link.call("GET", "/v1/agent/tasks")
@@ -200,6 +206,11 @@ def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:
     ids = {task["id"], job_message["run_id"], *(r["id"] for r in task["runs"])}
     assert not ids & set(check_message.values())
     assert task["id"] not in str(check_message) and job_message["run_id"] not in str(check_message)
+    assert "purpose" not in check_message
+    # nor does the answer to its result say afterwards which it was
+    path = f"/v1/agent/tasks/{check_message['run_id']}/result"
+    check_answer = second.link.call("POST", path, result)
+    assert set(check_answer) == set(job_answer) and "purpose" not in check_answer
     # what it cannot hide: the work itself is the same
     assert check_message["input_b64"] == job_message["input_b64"]
 

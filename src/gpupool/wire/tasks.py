@@ -62,6 +62,16 @@ class AgentRunOut(Response):
     input_b64: str
 
 
+class AgentResultOut(Response):
+    """What an agent hears back for its result: as little as a first run's, so that the
+    answer does not tell it afterwards which runs were re-runs."""
+
+    run_id: str
+    state: str
+    output_hash: str | None
+    error: str
+
+
 class RunResultIn(Request):
     output_b64: B64 | None = None
     output_hash: Sha256 | None = None

@@ -111,9 +111,11 @@ async def agent_work(
 @router.post("/v1/agent/tasks/{run_id}/result")
 async def agent_result(
     run_id: str, body: w.RunResultIn, worker_id: WorkerDep, svc: ServicesDep
-) -> w.RunOut:
+) -> w.AgentResultOut:
     output = _b64(body.output_b64) if body.output_b64 is not None else None
     run = await run_in_threadpool(
         svc.tasks.report, worker_id, run_id, output, body.output_hash, body.error
     )
-    return run_out(run)
+    return w.AgentResultOut(
+        run_id=run.id, state=run.state, output_hash=run.output_hash, error=run.error
+    )
