@@ -69,9 +69,11 @@ def _key(name: str) -> Identity:
     return Identity.from_private_bytes(hashlib.sha256(name.encode()).digest())
 
 
-def _supplier(api: Api, name: str, devices: int = 1, identity: Identity | None = None) -> AgentSim:
+def _supplier(
+    api: Api, name: str, devices: int = 1, identity: Identity | None = None, region: str = "eu"
+) -> AgentSim:
     sim = api.agent(api.account("supplier", name), identity or _key(name))
-    sim.register(devices=devices)
+    sim.register(devices=devices, region=region)
     return sim
 
 
@@ -128,11 +130,14 @@ class Cartel:
     framed: int  # an honest checker slashed (the partner drew the third run and outvoted it)
 
 
-def collude(api: Api, seed: int, jobs: int, p: float, partner: int, honest: int) -> Cartel:
+def collude(
+    api: Api, seed: int, jobs: int, p: float, partner: int, honest: int, region: str = "eu"
+) -> Cartel:
     """A cheater runs `jobs` jobs alone and returns a made-up output for each; then its
     partner (one supplier with `partner` devices) and `honest` one-device suppliers join,
     and a validator samples with p. The partner recognises the cheater's jobs by their
-    content (what the cartel shares) and copies the made-up output; the rest compute."""
+    content (what the cartel shares) and copies the made-up output; the rest compute. The
+    partner declares `region`, everyone else "eu"."""
     _seeded(api, seed)
     cheater = _supplier(api, "cheater")
     renter = api.account("renter", "r")
@@ -140,7 +145,7 @@ def collude(api: Api, seed: int, jobs: int, p: float, partner: int, honest: int)
     tasks = [_submit(api, renter, data)["id"] for data in inputs]
     assert _answer(cheater, lambda _: WRONG) == jobs  # the only device yet: all its jobs
     cheated = set(inputs)
-    mate = _supplier(api, "partner", devices=partner)
+    mate = _supplier(api, "partner", devices=partner, region=region)
     others = [_supplier(api, f"h{i}") for i in range(honest)]
     validator = api.account("validator", "v")
     r = api.http.post("/v1/validations", json={"p": p}, headers=api.as_key(validator))
@@ -186,6 +191,17 @@ def test_colluders_with_half_the_pool_let_a_cheat_escape_at_the_predicted_rate(a
     wide = math.sqrt(seen.mismatched * third_share * (1 - third_share))
     assert abs(seen.caught - expected) <= 4 * wide, (seen, expected)
     assert seen.framed > 0
+
+
+def test_a_partner_claiming_a_region_of_its_own_draws_no_more_than_its_share(api: Api) -> None:
+    # were re-runs sent "elsewhere" by declared region, this partner would draw every check
+    p, jobs = 1.0, 120
+    seen = collude(api, 22, jobs, p, partner=1, honest=3, region="ap-lonely")
+    share = 1 / 4
+    spread = math.sqrt(jobs * share * (1 - share))
+    copied = seen.sampled - seen.mismatched
+    assert seen.sampled == jobs
+    assert abs(copied - jobs * share) <= 4 * spread, (seen, jobs * share)
 
 
 def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:

@@ -51,13 +51,11 @@ def network_of(address: str | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Seat:
     """Who a device (or an earlier run's device) belongs to, as far as the coordinator
-    knows it: the supplier account, the network it was seen from (None: unknown), the
-    region."""
+    knows it: the supplier account and the network it was seen from (None: unknown)."""
 
     device_id: str
     supplier_id: str
     network: str | None
-    region: str
 
 
 # A first run goes to a device holding fewer unanswered runs than this where there is one.
@@ -66,22 +64,20 @@ QUEUE = 2
 
 def eligible(devices: Sequence[Seat], earlier: Sequence[Seat]) -> list[Seat]:
     """The devices that may take the next run of a job whose runs so far were on `earlier`
-    (empty for a first run), sorted by id so that a seeded draw repeats.
+    (empty for a first run), sorted by id so that a seeded draw repeats: another supplier
+    than every earlier run, and another network where both are known.
 
-    Hard: another supplier than every earlier run, and another network where both are
-    known. Preferred: another region than every earlier run, where any such device exists
-    (regions are self-declared, so a hard rule would let a supplier starve validation by
-    claiming every region)."""
+    Nothing self-declared narrows the pool. A rule on regions (another region, or a
+    preference for one) would let a cartel steer re-runs to itself: a partner that claims a
+    region nobody else claims would be the only device "elsewhere" and draw every check."""
     suppliers = {e.supplier_id for e in earlier}
     networks = {e.network for e in earlier if e.network is not None}
-    regions = {e.region for e in earlier}
     allowed = [
         d
         for d in devices
         if d.supplier_id not in suppliers and (d.network is None or d.network not in networks)
     ]
-    elsewhere = [d for d in allowed if d.region not in regions]
-    return sorted(elsewhere or allowed, key=lambda d: d.device_id)
+    return sorted(allowed, key=lambda d: d.device_id)
 
 
 def unqueued(devices: Sequence[Seat], load: dict[str, int], queue: int = QUEUE) -> list[Seat]:

@@ -140,17 +140,12 @@ class Tasks:
         pool = [d for d in in_pool(tx, list(devices.values())) if d.available]
         addresses = tx.tasks.addresses(sorted({d.worker_id for d in devices.values()}))
         networks = {w: rules.network_of(a) for w, a in addresses.items()}
-        seats = [
-            rules.Seat(d.id, d.supplier_id, networks.get(d.worker_id), d.location.region)
-            for d in pool
-        ]
+        seats = [rules.Seat(d.id, d.supplier_id, networks.get(d.worker_id)) for d in pool]
 
         def seat_of(run: RunRecord) -> rules.Seat:
             # the supplier recorded with the run, so a device since removed still counts
-            device = devices.get(run.device_id or "")
-            region = device.location.region if device is not None else ""
             network = networks.get(run.worker_id or "")
-            return rules.Seat(run.device_id or "", run.supplier_id or "", network, region)
+            return rules.Seat(run.device_id or "", run.supplier_id or "", network)
 
         load = tx.tasks.load()
         assigned = 0

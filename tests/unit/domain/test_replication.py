@@ -73,24 +73,22 @@ def test_a_network_is_the_slash_24_or_48_of_a_global_address_and_unknown_otherwi
         assert network_of(unknown) is None
 
 
-def _seat(device: str, supplier: str, network: str | None = None, region: str = "eu") -> Seat:
-    return Seat(device, supplier, network, region)
+def _seat(device: str, supplier: str, network: str | None = None) -> Seat:
+    return Seat(device, supplier, network)
 
 
-def test_a_rerun_avoids_every_earlier_supplier_and_network_and_prefers_another_region() -> None:
-    job = _seat("a:0", "A", "81.2.69.0/24", "eu")
+def test_a_rerun_avoids_every_earlier_supplier_and_network() -> None:
+    job = _seat("a:0", "A", "81.2.69.0/24")
     pool = [
         _seat("a:1", "A"),  # the job's own supplier, another device
         _seat("b:0", "B", "81.2.69.0/24"),  # another account on the job's network
-        _seat("c:0", "C", None, "eu"),  # network unknown: allowed
-        _seat("d:0", "D", "5.6.7.0/24", "us"),
-        _seat("e:0", "E", "9.9.9.0/24", "us"),
+        _seat("c:0", "C", None),  # network unknown: allowed
+        _seat("d:0", "D", "5.6.7.0/24"),
+        _seat("e:0", "E", "9.9.9.0/24"),
     ]
-    assert [s.device_id for s in eligible(pool, [job])] == ["d:0", "e:0"]  # another region
+    assert [s.device_id for s in eligible(pool, [job])] == ["c:0", "d:0", "e:0"]
     check = pool[3]
-    # no region is left that neither run used: either will do, never an earlier supplier
     assert [s.device_id for s in eligible(pool, [job, check])] == ["c:0", "e:0"]
-    assert [s.device_id for s in eligible(pool, [job, check, pool[4]])] == ["c:0"]
     assert eligible(pool[:2], [job]) == []  # the run waits
     # a first run may go anywhere, in an order that is the ids' and not the caller's
     assert [s.device_id for s in eligible(pool[::-1], [])] == sorted(s.device_id for s in pool)
