@@ -231,6 +231,24 @@ def test_a_rerun_shares_no_id_with_the_first_run(api: Api) -> None:
     assert check_message["input_b64"] == job_message["input_b64"]
 
 
+def test_a_validator_passing_every_job_over_takes_none_out_of_the_next_ones_reach(
+    api: Api,
+) -> None:
+    _seeded(api, 51)
+    cheater = _supplier(api, "cheater")
+    renter = api.account("renter", "r")
+    tasks = [_submit(api, renter, f"job {i}".encode())["id"] for i in range(20)]
+    assert _answer(cheater, lambda _: WRONG) == 20
+    _supplier(api, "honest")
+    # the cartel's own validator account: p = 0 draws nothing and passes every job over
+    rogue = api.account("validator", "rogue")
+    r = api.http.post("/v1/validations", json={"p": 0.0}, headers=api.as_key(rogue))
+    assert r.status_code == 200 and r.json()["sampled"] == []
+    honest = api.account("validator", "honest")
+    r = api.http.post("/v1/validations", json={"p": 1.0}, headers=api.as_key(honest))
+    assert sorted(r.json()["sampled"]) == sorted(tasks)
+
+
 def _at(api: Api, name: str, address: str) -> AgentSim:
     """A supplier whose agent reaches the coordinator from `address` (its TCP peer)."""
     identity = _key(name)

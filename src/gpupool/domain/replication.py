@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -92,9 +92,25 @@ def unqueued(devices: Sequence[Seat], load: dict[str, int], queue: int = QUEUE) 
     return [d for d in devices if load.get(d.device_id, 0) == least]
 
 
-def pick(job_ids: Sequence[str], p: float, uniform: Callable[[], float]) -> list[str]:
-    """The jobs to re-run: each independently with probability p (`uniform` draws in [0, 1))."""
-    return [job for job in job_ids if uniform() < p]
+def pick(
+    job_ids: Sequence[str],
+    p: float,
+    uniform: Callable[[], float],
+    drawn: Mapping[str, float] | None = None,
+) -> list[str]:
+    """The jobs to re-run: each independently with probability p (`uniform` draws in [0, 1)).
+
+    A job an earlier validation passed over at q < p (`drawn`) is drawn with (p - q) / (1 - q),
+    so that, over every validation so far, a job is re-run with the largest p any validator
+    asked for: a validator that passes everything over with p = 0 takes no job out of the
+    next one's reach."""
+    drawn = drawn or {}
+    chosen = []
+    for job in job_ids:
+        q = drawn.get(job, 0.0)
+        if q < p and uniform() < (p - q) / (1.0 - q):
+            chosen.append(job)
+    return chosen
 
 
 def _numbers(data: bytes) -> list[float] | None:

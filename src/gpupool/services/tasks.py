@@ -229,20 +229,23 @@ class Tasks:
 
     def validate(self, validator: Account, p: float) -> list[str]:
         """Sample each finished, unsampled job with probability p for a re-run on another
-        supplier's device; the rest are marked passed over (sampled at most once)."""
+        supplier's device; the rest are marked passed over (sampled at most once). A job
+        passed over at q < p is drawn again with (p - q) / (1 - q): in all, with the largest
+        p asked for."""
         require_role(validator, Role.VALIDATOR)
         if not 0 <= p <= 1:
             raise InvalidRequest("p lies in [0, 1]")
         now = self._clock.now()
         with self._db.transaction() as tx:
-            candidates = tx.tasks.unvalidated()
-            chosen = set(rules.pick(candidates, p, self._rng.random))
+            candidates = tx.tasks.unvalidated(p)
+            drawn = {t: q for t, q in candidates.items() if q is not None}
+            chosen = set(rules.pick(list(candidates), p, self._rng.random, drawn))
             picked = []
             for task_id in candidates:
                 # a concurrent validator may have claimed it since it was read: skip it then
                 if task_id not in chosen:
-                    tx.tasks.claim_validation(task_id, "passed-over", None)
-                elif tx.tasks.claim_validation(task_id, "sampled", validator.id):
+                    tx.tasks.claim_validation(task_id, "passed-over", None, p)
+                elif tx.tasks.claim_validation(task_id, "sampled", validator.id, p):
                     tx.tasks.add_run(_waiting(task_id, "check", now))
                     picked.append(task_id)
             self._assign(tx)

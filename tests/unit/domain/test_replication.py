@@ -101,3 +101,17 @@ def test_a_first_run_skips_queued_devices_but_load_never_orders_them() -> None:
     busy = {s.device_id: 3 for s in pool} | {"d:2": 2}
     assert [s.device_id for s in unqueued(pool, busy, queue=2)] == ["d:2"]  # all queued
     assert unqueued([], {}, queue=2) == []
+
+
+def test_a_later_validation_tops_an_earlier_draw_up_to_its_own_p() -> None:
+    jobs = [str(i) for i in range(20_000)]
+    uniform = random.Random(5).random
+    first = set(pick(jobs, 0.3, uniform))
+    rest = [j for j in jobs if j not in first]
+    second = pick(rest, 0.6, uniform, {j: 0.3 for j in rest})
+    share = (len(first) + len(second)) / len(jobs)
+    band = 4 * (0.6 * 0.4 / len(jobs)) ** 0.5
+    assert abs(share - 0.6) < band  # in all p = 0.6, not 0.3 + 0.6 x 0.7
+    assert pick(rest, 0.3, uniform, {j: 0.3 for j in rest}) == []  # no new draw at the same p
+    # a pass at p = 0 leaves every job to the next validator
+    assert len(pick(jobs, 1.0, uniform, {j: 0.0 for j in jobs})) == len(jobs)

@@ -89,6 +89,8 @@ tasks = sa.Table(
     sa.Column("validation", sa.String(16), nullable=False),  # none, sampled, confirmed, ...
     sa.Column("validator_id", sa.String(32), nullable=True),
     sa.Column("created_at", sa.Double, nullable=False),
+    # the largest p a validation drew this job with (None: never drawn); 0007_validation
+    sa.Column("drawn_p", sa.Double, nullable=True),
     sa.Index("ix_tasks_renter", "renter_id"),
     sa.Index("ix_tasks_state", "state", "validation"),
 )

@@ -45,6 +45,14 @@ def _run(row: Any) -> RunRecord:
     )
 
 
+def _drawable(p: float) -> sa.ColumnElement[bool]:
+    """Not sampled yet, and never drawn with p or more."""
+    return sa.and_(
+        tasks.c.validation.in_(("none", "passed-over")),
+        sa.or_(tasks.c.drawn_p.is_(None), tasks.c.drawn_p < p),
+    )
+
+
 class SqlTasks:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
@@ -95,19 +103,21 @@ class SqlTasks:
             .values(state=state, validation=validation, validator_id=validator_id)
         )
 
-    def unvalidated(self) -> list[str]:
+    def unvalidated(self, p: float) -> dict[str, float | None]:
         rows = self._c.execute(
-            sa.select(tasks.c.id)
-            .where(tasks.c.state == "done", tasks.c.validation == "none")
+            sa.select(tasks.c.id, tasks.c.drawn_p)
+            .where(tasks.c.state == "done", _drawable(p))
             .order_by(tasks.c.created_at, tasks.c.id)
         )
-        return [r.id for r in rows]
+        return {r.id: r.drawn_p for r in rows}
 
-    def claim_validation(self, task_id: str, validation: str, validator_id: str | None) -> bool:
+    def claim_validation(
+        self, task_id: str, validation: str, validator_id: str | None, p: float
+    ) -> bool:
         claimed = self._c.execute(
             tasks.update()
-            .where(tasks.c.id == task_id, tasks.c.state == "done", tasks.c.validation == "none")
-            .values(validation=validation, validator_id=validator_id)
+            .where(tasks.c.id == task_id, tasks.c.state == "done", _drawable(p))
+            .values(validation=validation, validator_id=validator_id, drawn_p=p)
         ).rowcount
         return bool(claimed)
 

@@ -1,5 +1,6 @@
 """Validation a cartel cannot steer: the address each worker fetches its runs from, so
-re-runs avoid the network of the job's earlier runs
+re-runs avoid the network of the job's earlier runs; the largest p each job was drawn with,
+so a pass at a small p does not take jobs out of a later validation's reach
 
 Revision ID: 0007_validation
 Revises: 0006_ray
@@ -23,7 +24,11 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["worker_id"], ["workers.id"]),
         sa.PrimaryKeyConstraint("worker_id"),
     )
+    with op.batch_alter_table("tasks") as batch:
+        batch.add_column(sa.Column("drawn_p", sa.Double(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("drawn_p")
     op.drop_table("worker_addresses")
