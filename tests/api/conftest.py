@@ -6,8 +6,8 @@ client, so the tests exercise the real signing code.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +147,13 @@ class AgentSim:
         return f"{self.worker_id}:cpu{i}"
 
 
-@contextlib.contextmanager
+@pytest.fixture
+def api(database: SqlDatabase) -> Iterator[Api]:
+    with running_api(database) as running:
+        yield running
+
+
+@contextmanager
 def running_api(database: SqlDatabase) -> Iterator[Api]:
     """The app in-process on `database` with a manual clock and no ticker."""
     clock = ManualClock()
@@ -164,9 +170,3 @@ def running_api(database: SqlDatabase) -> Iterator[Api]:
     app = create_app(settings, database, clock=clock, run_ticker=False)
     with TestClient(app, raise_server_exceptions=False) as http:
         yield Api(http, clock, app.state.services, database)
-
-
-@pytest.fixture
-def api(database: SqlDatabase) -> Iterator[Api]:
-    with running_api(database) as running:
-        yield running
