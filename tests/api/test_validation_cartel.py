@@ -5,7 +5,8 @@ against a real coordinator (in-process app, real database, seeded coordinator ra
   protocol-mode runs, not all of them (a one-sided binomial test at alpha = 0.001);
 - colluders holding share s of the re-run pool, who recognise their partner's jobs by
   content and copy its wrong output, let it escape at the rate docs/ledger.md predicts,
-  1 - p (1 - s) per job, and no more;
+  1 - p (1 - s) per job, and no more; a cartel of two accounts frames an honest supplier
+  at p s s';
 - a re-run's message to the agent shares no id with the job's first run.
 """
 
@@ -120,63 +121,71 @@ def test_a_ground_key_gets_no_more_than_its_fair_share_of_runs(api: Api, seed: i
 
 
 @dataclasses.dataclass(frozen=True)
-class Cartel:
-    """What validation saw of a cheater whose partner copies its outputs."""
+class Votes:
+    """What validation saw of one supplier's jobs while a cartel answered every re-run
+    it drew with the same made-up output."""
 
-    jobs: int  # cheated jobs
+    jobs: int
     sampled: int
-    mismatched: int  # re-runs that met an honest device: the cheat was seen
-    caught: int  # the cheater slashed (an honest third run)
-    framed: int  # an honest checker slashed (the partner drew the third run and outvoted it)
+    mismatched: int  # the re-run disagreed with the job's run
+    first_slashed: int  # the job's own run outvoted
+    rerun_slashed: int  # a re-run outvoted
 
 
 def collude(
-    api: Api, seed: int, jobs: int, p: float, partner: int, honest: int, region: str = "eu"
-) -> Cartel:
-    """A cheater runs `jobs` jobs alone and returns a made-up output for each; then its
-    partner (one supplier with `partner` devices) and `honest` one-device suppliers join,
-    and a validator samples with p. The partner recognises the cheater's jobs by their
-    content (what the cartel shares) and copies the made-up output; the rest compute. The
-    partner declares `region`, everyone else "eu"."""
+    api: Api,
+    seed: int,
+    jobs: int,
+    p: float,
+    partners: tuple[int, ...],
+    honest: int,
+    first_lies: bool = True,
+    region: str = "eu",
+) -> Votes:
+    """A first supplier runs `jobs` jobs alone: made up (`first_lies`, a cheater) or
+    computed. Then the cartel (one supplier per entry of `partners`, with that many
+    devices, declaring `region`) and `honest` one-device suppliers join, and a validator
+    samples with p. The cartel answers every re-run it draws with the made-up output (it
+    recognises its partner's jobs by content, and frames the others); the rest compute."""
     _seeded(api, seed)
-    cheater = _supplier(api, "cheater")
+    first = _supplier(api, "first")
     renter = api.account("renter", "r")
-    inputs = [f"input {i}".encode() for i in range(jobs)]
-    tasks = [_submit(api, renter, data)["id"] for data in inputs]
-    assert _answer(cheater, lambda _: WRONG) == jobs  # the only device yet: all its jobs
-    cheated = set(inputs)
-    mate = _supplier(api, "partner", devices=partner, region=region)
+    tasks = [_submit(api, renter, f"input {i}".encode())["id"] for i in range(jobs)]
+    assert _answer(first, (lambda _: WRONG) if first_lies else _honest) == jobs
+    cartel = [
+        _supplier(api, f"partner{i}", devices=n, region=region) for i, n in enumerate(partners)
+    ]
     others = [_supplier(api, f"h{i}") for i in range(honest)]
     validator = api.account("validator", "v")
     r = api.http.post("/v1/validations", json={"p": p}, headers=api.as_key(validator))
     sampled = set(r.json()["sampled"])
-
-    def copy_or_compute(data: bytes) -> bytes:
-        return WRONG if data in cheated else _honest(data)
-
-    while sum(_answer(h, _honest) for h in others) + _answer(mate, copy_or_compute):
+    while sum(_answer(h, _honest) for h in others) + sum(
+        _answer(c, lambda _: WRONG) for c in cartel
+    ):
         pass
     ids = ",".join(tasks)
     views = api.http.get(f"/v1/validations?ids={ids}", headers=api.as_key(validator)).json()
     assert {v["id"] for v in views} == sampled
     honest_ids = {h.worker_id for h in others}
     runs = [{r["purpose"]: r for r in v["runs"]} for v in views]
-    for by_purpose in runs:  # checks never on the cheater; honest checks disagree, others not
+    for by_purpose in runs:  # never on the first supplier; a mismatch iff the two differ
         check = by_purpose["check"]
-        assert check["worker_id"] != cheater.worker_id
-        assert ("third" in by_purpose) == (check["worker_id"] in honest_ids)
+        assert check["worker_id"] != first.worker_id
+        assert ("third" in by_purpose) == ((check["worker_id"] in honest_ids) == first_lies)
     thirds = [by_purpose["third"] for by_purpose in runs if "third" in by_purpose]
     with api.db.transaction() as tx:
-        caught = tx.ledger.fraud_count(cheater.worker_id)
-        framed = sum(tx.ledger.fraud_count(h.worker_id) for h in others)
-    assert caught == sum(t["worker_id"] in honest_ids for t in thirds)
-    assert framed == len(thirds) - caught
-    return Cartel(jobs, len(sampled), len(thirds), caught, framed)
+        first_slashed = tx.ledger.fraud_count(first.worker_id)
+        rerun_slashed = sum(tx.ledger.fraud_count(s.worker_id) for s in [*cartel, *others])
+    # the third run sides with the honest run unless the cartel drew it
+    honest_thirds = sum(t["worker_id"] in honest_ids for t in thirds)
+    assert first_slashed == (honest_thirds if first_lies else len(thirds) - honest_thirds)
+    assert rerun_slashed == len(thirds) - first_slashed
+    return Votes(jobs, len(sampled), len(thirds), first_slashed, rerun_slashed)
 
 
 def test_colluders_with_half_the_pool_let_a_cheat_escape_at_the_predicted_rate(api: Api) -> None:
     p, jobs = 0.5, 300
-    seen = collude(api, 21, jobs, p, partner=3, honest=3)
+    seen = collude(api, 21, jobs, p, partners=(3,), honest=3)
     share = 3 / 6  # the partner's devices among those a re-run may go to
     predicted = 1 - p * (1 - share)
     assert predicted == rules.escape_probability(p, 1, share)
@@ -189,14 +198,28 @@ def test_colluders_with_half_the_pool_let_a_cheat_escape_at_the_predicted_rate(a
     third_share = 3 / 5
     expected = seen.mismatched * (1 - third_share)
     wide = math.sqrt(seen.mismatched * third_share * (1 - third_share))
-    assert abs(seen.caught - expected) <= 4 * wide, (seen, expected)
-    assert seen.framed > 0
+    assert abs(seen.first_slashed - expected) <= 4 * wide, (seen, expected)
+    assert seen.rerun_slashed > 0  # honest checkers outvoted
+
+
+def test_a_cartel_of_two_accounts_frames_an_honest_supplier_at_the_predicted_rate(
+    api: Api,
+) -> None:
+    # one account cannot: the third run is never on the checker's supplier
+    p, jobs = 1.0, 240
+    seen = collude(api, 23, jobs, p, partners=(2, 2), honest=2, first_lies=False)
+    share = 4 / 6  # the cartel's devices among the re-run pool
+    third_share = 2 / 4  # given a cartel check: the other account's among the third's pool
+    assert abs(seen.mismatched - jobs * p * share) <= 4 * math.sqrt(jobs * share * (1 - share))
+    framed = p * share * third_share
+    spread = math.sqrt(jobs * framed * (1 - framed))
+    assert abs(seen.first_slashed - jobs * framed) <= 4 * spread, (seen, jobs * framed)
 
 
 def test_a_partner_claiming_a_region_of_its_own_draws_no_more_than_its_share(api: Api) -> None:
     # were re-runs sent "elsewhere" by declared region, this partner would draw every check
     p, jobs = 1.0, 120
-    seen = collude(api, 22, jobs, p, partner=1, honest=3, region="ap-lonely")
+    seen = collude(api, 22, jobs, p, partners=(1,), honest=3, region="ap-lonely")
     share = 1 / 4
     spread = math.sqrt(jobs * share * (1 - share))
     copied = seen.sampled - seen.mismatched
