@@ -10,6 +10,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,13 @@ class AgentSim:
 
 @pytest.fixture
 def api(database: SqlDatabase) -> Iterator[Api]:
+    with running_api(database) as running:
+        yield running
+
+
+@contextmanager
+def running_api(database: SqlDatabase) -> Iterator[Api]:
+    """The app in-process on `database` with a manual clock and no ticker."""
     clock = ManualClock()
     settings = CoordinatorSettings(
         db_url=database.url,

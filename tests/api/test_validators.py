@@ -63,7 +63,7 @@ def test_a_worker_lying_on_a_fifth_of_its_jobs_is_caught_and_an_honest_one_never
     database: SqlDatabase, seed: int
 ) -> None:
     world = make_world(database)
-    tasks = Tasks(database, world.clock, uniform=random.Random(seed).random)
+    tasks = Tasks(database, world.clock, rng=random.Random(seed))
     cheat, honest = world.account(Role.SUPPLIER, "cheat"), world.account(Role.SUPPLIER, "honest")
     cheater_id, honest_id = _worker_of(world, cheat), _worker_of(world, honest)
     renter = world.account(Role.RENTER, "r")
@@ -98,4 +98,7 @@ def test_a_worker_lying_on_a_fifth_of_its_jobs_is_caught_and_an_honest_one_never
         suppliers = [r.supplier_id for r in view.runs if r.state == "done"]
         assert len(set(suppliers)) == len(suppliers)
     assert world.ledger.audit().ok
-    assert tasks.validate(validator, 1.0) == []  # each job is sampled at most once
+    assert tasks.validate(validator, 0.1) == []  # each job is drawn once at a given p
+    # a larger p reaches the jobs passed over, never one already sampled
+    again = tasks.validate(validator, 1.0)
+    assert len(again) == JOBS - len(sampled) and not set(again) & set(sampled)

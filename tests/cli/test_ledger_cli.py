@@ -68,6 +68,15 @@ def test_validator_odds_prints_the_escape_chance() -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_validator_odds_counts_colluders_share_of_the_rerun_pool() -> None:
+    args = ("validator", "odds", "--p", "0.1", "--jobs", "20", "--share", "0.25")
+    shown = gpupool(*args, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["escape_probability"] == pytest.approx((1 - 0.075) ** 20)
+    bad = gpupool("validator", "odds", "--p", "0.1", "--jobs", "20", "--share", "1.5")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
 def test_a_refused_payment_names_the_shortfall() -> None:
     from gpupool.cli.common import api_error_message
     from gpupool.client import ApiError

@@ -173,14 +173,14 @@ class CoordinatorLink:
 
     def task_result(
         self, run_id: str, output: bytes | None, output_hash: str | None, error: str = ""
-    ) -> wt.RunOut:
+    ) -> wt.AgentResultOut:
         body = {
             "output_b64": base64.b64encode(output).decode() if output is not None else None,
             "output_hash": output_hash,
             "error": error[-2000:],
         }
         data = self.call("POST", f"/v1/agent/tasks/{run_id}/result", body)
-        return wt.RunOut.model_validate(data)
+        return wt.AgentResultOut.model_validate(data)
 
     def challenge_open(
         self, challenge_id: str, openings: list[dict[str, Any]]

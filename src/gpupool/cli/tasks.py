@@ -135,7 +135,11 @@ def validator_run(
         views = gp.validations(sampled) if sampled else []
         while sampled and any(v.validation not in done for v in views):
             if time.monotonic() > deadline:
-                raise CliError(f"timed out after {timeout:.0f} s waiting for the re-runs")
+                stuck = sum(any(r.state == "waiting" for r in v.runs) for v in views)
+                raise CliError(
+                    f"timed out after {timeout:.0f} s waiting for the re-runs; {stuck} still "
+                    "wait for a device of another supplier and network"
+                )
             time.sleep(0.5)
             views = gp.validations(sampled)
     counts = {outcome: sum(v.validation == outcome for v in views) for outcome in done}
@@ -156,14 +160,22 @@ def validator_run(
 def odds(
     p: Annotated[float, typer.Option("--p", min=0, max=1, help="Sampling probability.")],
     jobs: Annotated[int, typer.Option("--jobs", min=0, help="Jobs a supplier cheats on.")],
+    share: Annotated[
+        float,
+        typer.Option("--share", min=0, max=1, help="Colluders' share of the re-run pool."),
+    ] = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """The chance that a supplier cheating on M jobs escapes: (1 - p)^M."""
-    chance = escape_probability(p, jobs)
+    """The chance that a supplier cheating on M jobs escapes: (1 - p (1 - s))^M, where
+    colluders holding share s of the re-run pool copy its output."""
+    chance = escape_probability(p, jobs, share)
     if json_out:
-        print_json({"p": p, "jobs": jobs, "escape_probability": chance})
+        print_json({"p": p, "jobs": jobs, "share": share, "escape_probability": chance})
     else:
-        out.print(f"(1 - {p})^{jobs} = {chance:.6g}: the chance a cheat on {jobs} jobs escapes")
+        out.print(
+            f"(1 - {p} x (1 - {share}))^{jobs} = {chance:.6g}: "
+            f"the chance a cheat on {jobs} jobs escapes"
+        )
 
 
 def _utc(at: float | None) -> str:

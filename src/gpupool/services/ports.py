@@ -404,12 +404,16 @@ class TaskRepo(Protocol):
     def set_task(
         self, task_id: str, *, state: str, validation: str, validator_id: str | None
     ) -> None: ...
-    def unvalidated(self) -> list[str]:
-        """Done tasks no validator has sampled yet, oldest first."""
+    def unvalidated(self, p: float) -> dict[str, float | None]:
+        """Done tasks no validator has sampled and none drew with p or more yet, oldest
+        first, with the largest p each was drawn with (None: never)."""
         ...
 
-    def claim_validation(self, task_id: str, validation: str, validator_id: str | None) -> bool:
-        """Mark a done, unsampled task; False if another validator got to it first."""
+    def claim_validation(
+        self, task_id: str, validation: str, validator_id: str | None, p: float
+    ) -> bool:
+        """Mark a done, unsampled task drawn with p; False if another validator got to it
+        first."""
         ...
 
     def overdue_runs(self, before: float) -> list[RunRecord]:
@@ -440,6 +444,12 @@ class TaskRepo(Protocol):
     def load(self) -> dict[str, int]:
         """Assigned runs per device."""
         ...
+
+    def note_address(self, worker_id: str, address: str, at: float) -> None:
+        """The address a worker was last seen fetching its runs from."""
+        ...
+
+    def addresses(self, worker_ids: Sequence[str]) -> dict[str, str]: ...
 
 
 class Transaction(Protocol):

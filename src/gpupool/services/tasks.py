@@ -6,13 +6,16 @@ slashes and rewards go through the ledger in the transaction that reaches the ve
 
 A job's runs: `job` (the original), `check` (a validator's re-run, on a device of a
 supplier that has not run the job), `third` (after a mismatch, on a third supplier's).
+Every run goes to a device drawn with the coordinator's own randomness from those
+`replication.eligible` allows; a run no device may take waits (docs/ledger.md). Each run has
+its own random id, and agents are told only that id and the work, so a re-run looks to
+the agent like any first run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpupool.domain import ledger as money
@@ -53,14 +56,14 @@ class Tasks:
         self,
         db: Database,
         clock: Clock,
-        uniform: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
         run_deadline_seconds: float = RUN_DEADLINE_SECONDS,
     ) -> None:
         self._db = db
         self._clock = clock
         self.run_deadline_seconds = run_deadline_seconds
-        # Validators' sampling draws; tests pass a seeded generator.
-        self._uniform = uniform or random.SystemRandom().random
+        # Validators' sampling and the choice of devices; tests pass a seeded generator.
+        self._rng = rng or random.SystemRandom()
 
     # renters --------------------------------------------------------------------------
 
@@ -133,29 +136,51 @@ class Tasks:
         waiting = tx.tasks.waiting_runs()
         if not waiting:
             return 0
-        pool = [d for d in in_pool(tx, tx.workers.devices()) if d.available]
+        devices = {d.id: d for d in tx.workers.devices()}
+        pool = [d for d in in_pool(tx, list(devices.values())) if d.available]
+        addresses = tx.tasks.addresses(sorted({d.worker_id for d in devices.values()}))
+        networks = {w: rules.network_of(a) for w, a in addresses.items()}
+        seats = [rules.Seat(d.id, d.supplier_id, networks.get(d.worker_id)) for d in pool]
+
+        def seat_of(run: RunRecord) -> rules.Seat:
+            # the supplier recorded with the run, so a device since removed still counts
+            network = networks.get(run.worker_id or "")
+            return rules.Seat(run.device_id or "", run.supplier_id or "", network)
+
         load = tx.tasks.load()
         assigned = 0
+        told: set[str] = set()
         for run in waiting:
-            taken = {r.supplier_id for r in tx.tasks.runs(run.task_id) if r.supplier_id}
-            choices = [d for d in pool if run.purpose == "job" or d.supplier_id not in taken]
+            earlier = [
+                seat_of(r)
+                for r in tx.tasks.runs(run.task_id)
+                if run.purpose != "job" and r.supplier_id is not None
+            ]
+            choices = rules.eligible(seats, earlier)
+            if run.purpose == "job":
+                choices = rules.unqueued(choices, load)
             if not choices:
-                continue
-            device = min(choices, key=lambda d: (load.get(d.id, 0), d.id))
+                continue  # waits for a device it may go to (never the same supplier's)
+            chosen = devices[self._rng.choice(choices).device_id]
             now = self._clock.now()
-            tx.tasks.assign_run(run.id, device.id, device.worker_id, device.supplier_id, now)
-            load[device.id] = load.get(device.id, 0) + 1
+            tx.tasks.assign_run(run.id, chosen.id, chosen.worker_id, chosen.supplier_id, now)
+            load[chosen.id] = load.get(chosen.id, 0) + 1
+            told.add(chosen.worker_id)
             assigned += 1
-        if assigned:
-            workers = {d.worker_id for d in pool if load.get(d.id)}
-            tx.workers.bump_lease_version(sorted(workers))
+        if told:
+            tx.workers.bump_lease_version(sorted(told))
         return assigned
 
     # agents -------------------------------------------------------------------------------
 
-    def work(self, worker_id: str) -> list[tuple[RunRecord, TaskRecord]]:
-        """The runs assigned to a worker, with their tasks."""
+    def work(
+        self, worker_id: str, address: str | None = None
+    ) -> list[tuple[RunRecord, TaskRecord]]:
+        """The runs assigned to a worker, with their tasks; `address` is where the request
+        came from (remembered so that re-runs avoid this worker's network)."""
         with self._db.transaction() as tx:
+            if address:
+                tx.tasks.note_address(worker_id, address, self._clock.now())
             runs = tx.tasks.assigned_runs(worker_id)
             tasks = {t.id: t for t in tx.tasks.tasks_by_id(sorted({r.task_id for r in runs}))}
             return [(r, tasks[r.task_id]) for r in runs]
@@ -204,20 +229,23 @@ class Tasks:
 
     def validate(self, validator: Account, p: float) -> list[str]:
         """Sample each finished, unsampled job with probability p for a re-run on another
-        supplier's device; the rest are marked passed over (sampled at most once)."""
+        supplier's device; the rest are marked passed over (sampled at most once). A job
+        passed over at q < p is drawn again with (p - q) / (1 - q): in all, with the largest
+        p asked for."""
         require_role(validator, Role.VALIDATOR)
         if not 0 <= p <= 1:
             raise InvalidRequest("p lies in [0, 1]")
         now = self._clock.now()
         with self._db.transaction() as tx:
-            candidates = tx.tasks.unvalidated()
-            chosen = set(rules.pick(candidates, p, self._uniform))
+            candidates = tx.tasks.unvalidated(p)
+            drawn = {t: q for t, q in candidates.items() if q is not None}
+            chosen = set(rules.pick(list(candidates), p, self._rng.random, drawn))
             picked = []
             for task_id in candidates:
                 # a concurrent validator may have claimed it since it was read: skip it then
                 if task_id not in chosen:
-                    tx.tasks.claim_validation(task_id, "passed-over", None)
-                elif tx.tasks.claim_validation(task_id, "sampled", validator.id):
+                    tx.tasks.claim_validation(task_id, "passed-over", None, p)
+                elif tx.tasks.claim_validation(task_id, "sampled", validator.id, p):
                     tx.tasks.add_run(_waiting(task_id, "check", now))
                     picked.append(task_id)
             self._assign(tx)

@@ -52,12 +52,24 @@ class TaskOut(Response):
 
 
 class AgentRunOut(Response):
+    """A run as its agent sees it. A first run and a validator's re-run look alike: a fresh
+    random run id, never the task's id or the run's purpose."""
+
     run_id: str
-    task_id: str
     device_id: str
     command: str
     image: str | None
     input_b64: str
+
+
+class AgentResultOut(Response):
+    """What an agent hears back for its result: as little as a first run's, so that the
+    answer does not tell it afterwards which runs were re-runs."""
+
+    run_id: str
+    state: str
+    output_hash: str | None
+    error: str
 
 
 class RunResultIn(Request):

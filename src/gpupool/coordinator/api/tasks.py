@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api.deps import AccountDep, RenterDep, ServicesDep, WorkerDep
@@ -89,13 +89,16 @@ async def validations(
 
 
 @router.get("/v1/agent/tasks")
-async def agent_work(worker_id: WorkerDep, svc: ServicesDep) -> list[w.AgentRunOut]:
-    """The runs assigned to this worker."""
-    work = await run_in_threadpool(svc.tasks.work, worker_id)
+async def agent_work(
+    request: Request, worker_id: WorkerDep, svc: ServicesDep
+) -> list[w.AgentRunOut]:
+    """The runs assigned to this worker: each run's own id and the work, nothing that links
+    a validator's re-run to the job's first run (no task id, no purpose)."""
+    seen = request.client.host if request.client else None
+    work = await run_in_threadpool(svc.tasks.work, worker_id, seen)
     return [
         w.AgentRunOut(
             run_id=run.id,
-            task_id=task.id,
             device_id=run.device_id or "",
             command=task.command,
             image=task.image,
@@ -108,9 +111,11 @@ async def agent_work(worker_id: WorkerDep, svc: ServicesDep) -> list[w.AgentRunO
 @router.post("/v1/agent/tasks/{run_id}/result")
 async def agent_result(
     run_id: str, body: w.RunResultIn, worker_id: WorkerDep, svc: ServicesDep
-) -> w.RunOut:
+) -> w.AgentResultOut:
     output = _b64(body.output_b64) if body.output_b64 is not None else None
     run = await run_in_threadpool(
         svc.tasks.report, worker_id, run_id, output, body.output_hash, body.error
     )
-    return run_out(run)
+    return w.AgentResultOut(
+        run_id=run.id, state=run.state, output_hash=run.output_hash, error=run.error
+    )

@@ -1,5 +1,6 @@
 """Tables of the ledger (journal, postings, balances, the chain head), stakes and slashes,
-and protocol-mode tasks. They share `tables.metadata`; migration 0005_ledger builds them."""
+and protocol-mode tasks. They share `tables.metadata`; migration 0005_ledger builds them
+(0007_validation the workers' seen addresses)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,8 @@ tasks = sa.Table(
     sa.Column("validation", sa.String(16), nullable=False),  # none, sampled, confirmed, ...
     sa.Column("validator_id", sa.String(32), nullable=True),
     sa.Column("created_at", sa.Double, nullable=False),
+    # the largest p a validation drew this job with (None: never drawn); 0007_validation
+    sa.Column("drawn_p", sa.Double, nullable=True),
     sa.Index("ix_tasks_renter", "renter_id"),
     sa.Index("ix_tasks_state", "state", "validation"),
 )
@@ -110,4 +113,14 @@ task_runs = sa.Table(
     sa.Column("finished_at", sa.Double, nullable=True),
     sa.Index("ix_task_runs_task", "task_id"),
     sa.Index("ix_task_runs_worker", "worker_id", "state"),
+)
+
+# Where each worker was last seen fetching runs from (the TCP peer, not a figure the agent
+# reports): re-runs avoid the network of the job's earlier runs.
+worker_addresses = sa.Table(
+    "worker_addresses",
+    metadata,
+    sa.Column("worker_id", sa.String(32), sa.ForeignKey("workers.id"), primary_key=True),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("seen_at", sa.Double, nullable=False),
 )

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from gpupool.coordinator.storage.ledger_tables import task_runs, tasks
+from gpupool.coordinator.storage.ledger_tables import task_runs, tasks, worker_addresses
 from gpupool.services.ports import RunRecord, TaskRecord
 
 
@@ -42,6 +42,14 @@ def _run(row: Any) -> RunRecord:
         row.error,
         row.created_at,
         row.finished_at,
+    )
+
+
+def _drawable(p: float) -> sa.ColumnElement[bool]:
+    """Not sampled yet, and never drawn with p or more."""
+    return sa.and_(
+        tasks.c.validation.in_(("none", "passed-over")),
+        sa.or_(tasks.c.drawn_p.is_(None), tasks.c.drawn_p < p),
     )
 
 
@@ -95,19 +103,21 @@ class SqlTasks:
             .values(state=state, validation=validation, validator_id=validator_id)
         )
 
-    def unvalidated(self) -> list[str]:
+    def unvalidated(self, p: float) -> dict[str, float | None]:
         rows = self._c.execute(
-            sa.select(tasks.c.id)
-            .where(tasks.c.state == "done", tasks.c.validation == "none")
+            sa.select(tasks.c.id, tasks.c.drawn_p)
+            .where(tasks.c.state == "done", _drawable(p))
             .order_by(tasks.c.created_at, tasks.c.id)
         )
-        return [r.id for r in rows]
+        return {r.id: r.drawn_p for r in rows}
 
-    def claim_validation(self, task_id: str, validation: str, validator_id: str | None) -> bool:
+    def claim_validation(
+        self, task_id: str, validation: str, validator_id: str | None, p: float
+    ) -> bool:
         claimed = self._c.execute(
             tasks.update()
-            .where(tasks.c.id == task_id, tasks.c.state == "done", tasks.c.validation == "none")
-            .values(validation=validation, validator_id=validator_id)
+            .where(tasks.c.id == task_id, tasks.c.state == "done", _drawable(p))
+            .values(validation=validation, validator_id=validator_id, drawn_p=p)
         ).rowcount
         return bool(claimed)
 
@@ -206,3 +216,25 @@ class SqlTasks:
             .group_by(task_runs.c.device_id)
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def note_address(self, worker_id: str, address: str, at: float) -> None:
+        row = worker_addresses.c
+        known = self._c.execute(sa.select(row.address).where(row.worker_id == worker_id)).first()
+        if known is None:
+            values = {"worker_id": worker_id, "address": address, "seen_at": at}
+            self._c.execute(worker_addresses.insert().values(**values))
+        elif known.address != address:
+            self._c.execute(
+                worker_addresses.update()
+                .where(row.worker_id == worker_id)
+                .values(address=address, seen_at=at)
+            )
+
+    def addresses(self, worker_ids: Sequence[str]) -> dict[str, str]:
+        if not worker_ids:
+            return {}
+        row = worker_addresses.c
+        rows = self._c.execute(
+            sa.select(row.worker_id, row.address).where(row.worker_id.in_(list(worker_ids)))
+        )
+        return {r.worker_id: r.address for r in rows}
