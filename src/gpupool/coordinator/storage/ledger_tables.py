@@ -1,6 +1,6 @@
 """Tables of the ledger (journal, postings, balances, the chain head), stakes and slashes,
 and protocol-mode tasks. They share `tables.metadata`; migration 0005_ledger builds them
-(0007_validation the workers' seen addresses)."""
+(0008_validation the workers' seen addresses)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ tasks = sa.Table(
     sa.Column("validation", sa.String(16), nullable=False),  # none, sampled, confirmed, ...
     sa.Column("validator_id", sa.String(32), nullable=True),
     sa.Column("created_at", sa.Double, nullable=False),
-    # the largest p a validation drew this job with (None: never drawn); 0007_validation
+    # the largest p a validation drew this job with (None: never drawn); 0008_validation
     sa.Column("drawn_p", sa.Double, nullable=True),
     sa.Index("ix_tasks_renter", "renter_id"),
     sa.Index("ix_tasks_state", "state", "validation"),

@@ -2,15 +2,15 @@
 re-runs avoid the network of the job's earlier runs; the largest p each job was drawn with,
 so a pass at a small p does not take jobs out of a later validation's reach
 
-Revision ID: 0007_validation
-Revises: 0006_ray
+Revision ID: 0008_validation
+Revises: 0007_chain
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_validation"
-down_revision = "0006_ray"
+revision = "0008_validation"
+down_revision = "0007_chain"
 branch_labels = None
 depends_on = None
 
