@@ -16,6 +16,17 @@ POSTGRES_URL = os.environ.get("GPUPOOL_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("GPUPOOL_REQUIRE_POSTGRES") == "1"
 
 
+@pytest.fixture(autouse=True)
+def _own_pin_file(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test's CLI pins coordinator keys in a file of its own, never in the user's
+    config: a coordinator a test started pins a key there that the next run's coordinator
+    at the same address would contradict (a test that needs a shared file sets its own)."""
+    pins = tmp_path_factory.mktemp("pins") / "known_coordinators"
+    monkeypatch.setenv("GPUPOOL_KNOWN_COORDINATORS", str(pins))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if POSTGRES_URL or not REQUIRE_POSTGRES:
         return

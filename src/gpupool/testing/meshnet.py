@@ -7,7 +7,8 @@ world of the mesh's acceptance tests and of `benchmarks/mesh.py`.
 
 The coordinator runs in host `coord` (reached from the test process through a forwarder,
 `TestNetwork.expose`); agent i runs in host `agents[i]`, `agents_now` of them at once (start
-the others with `world.local.start_agent(i)` after adding a supplier key).
+the others with `world.local.start_agent(i)` after adding a supplier key, then stake its
+devices with `world.local.stake_devices(key)`: devices are challenged only once staked).
 """
 
 from __future__ import annotations

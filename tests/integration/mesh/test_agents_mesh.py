@@ -69,6 +69,8 @@ def test_members_reach_each_other_and_an_outsider_reaches_none(world: World) -> 
     with world.local.admin() as admin:
         world.local.supplier_keys.append(admin.create_account("supplier", "d").api_key)
     world.local.start_agent(3)
+    world.local.wait_workers_up(4, settled=False)
+    world.local.stake_devices(world.local.supplier_keys[3])  # challenged once staked
     world.local.wait_workers_up(4)
     world.local.stake_devices(world.local.supplier_keys[3])
     world.worker["d"] = _worker_of(world, 3)
