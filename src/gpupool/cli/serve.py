@@ -83,7 +83,7 @@ def coordinator_serve(
             min=0.01,
             help="Size GPU challenges so an honest device of its model computes this long.",
         ),
-    ] = 2.0,
+    ] = 3.0,
     challenge_every: Annotated[
         float, typer.Option(min=0, help="Re-challenge idle devices this often (s; 0: never).")
     ] = 6 * 3600.0,

@@ -33,7 +33,7 @@ class CoordinatorSettings:
     # GPU challenges are chains sized so an honest device of the claimed model computes for
     # challenge_seconds on the coordinator's clock (docs/challenge.md, "Sizing and timing").
     challenge_gpu_size: int = 8192
-    challenge_seconds: float = 2.0
+    challenge_seconds: float = 3.0
     challenge_max_steps: int = 256
     challenge_rtt_allowance_seconds: float = 0.05
     # Spot checks on leased devices (docs/challenge.md, "Spot checks"): a Poisson rate per

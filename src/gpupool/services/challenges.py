@@ -54,7 +54,7 @@ class Sizing:
     """How much work a challenge asks for (docs/challenge.md, "Sizing and timing")."""
 
     gpu_size: int = 8192  # n for a GPU whose expected throughput is known
-    target_seconds: float = 2.0  # what an honest device of the claimed model computes for
+    target_seconds: float = 3.0  # what an honest device of the claimed model computes for
     max_steps: int = 256  # bounds the coordinator's check, k (steps - 1) n^2 multiply-adds
     rtt_allowance_seconds: float = 0.05  # credited back, at most half the elapsed time
     # Rows opened of a chain (steps > 1): each costs the coordinator (steps - 1) n^2, so a

@@ -99,3 +99,18 @@ def test_host_generation_and_hashing_on_threads_give_the_same_bits() -> None:
         assert np.array_equal(host_operand(5, n, workers), operand(5, n))
     product = (operand(1, 200) @ operand(2, 200)).astype(np.int32)
     assert row_leaves(product, workers=3) == row_leaves(product)
+
+
+def test_pooled_b_operands_are_kept_and_the_oldest_goes_first() -> None:
+    from gpupool.agent.challenge import OperandCache
+    from gpupool.domain.challenge import operand
+
+    cache = OperandCache(capacity=2)
+    first = cache.get(1, 64)
+    assert np.array_equal(first, operand(1, 64)) and not first.flags.writeable
+    assert cache.get(1, 64) is first  # generated once
+    cache.get(2, 64)
+    cache.get(1, 64)  # 1 is now the most recent
+    cache.get(3, 64)  # so 2 goes
+    assert cache.get(1, 64) is first
+    assert cache.get(2, 64) is not None and len(cache._entries) == 2
