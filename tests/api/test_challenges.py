@@ -273,3 +273,32 @@ def test_failing_before_committing_costs_nothing(api: Api) -> None:
     challenge = sim.link.heartbeat().challenges[0]
     assert sim.link.challenge_fail(challenge.id, "no CUDA").state == "failed"
     assert _slashes(api, key) == []
+
+
+def test_an_unsupported_device_is_tried_again_each_period_and_can_come_back(
+    api: Api, renter: str
+) -> None:
+    sim, key = _unsolved(api)
+    challenge = sim.link.heartbeat().challenges[0]
+    sim.link.challenge_fail(challenge.id, "the driver was not loaded yet")
+    assert _statuses(api, key)[sim.device(0)] == ("unsupported", False)
+    api.tick()
+    assert sim.link.heartbeat().challenges == []  # not before the period is over
+    api.clock.advance(api.services.challenges.every_seconds + 1)
+    sim.link.heartbeat()
+    api.tick()
+    assert [r.state for r in sim.solve_pending()] == ["passed"]
+    assert _statuses(api, key)[sim.device(0)] == ("idle", True)
+    assert api.book(renter).status_code == 201
+
+
+def test_a_blocked_device_is_never_challenged_again(api: Api) -> None:
+    sim, key = _unsolved(api)
+    challenge = sim.link.heartbeat().challenges[0]
+    sim.link.challenge_answer(challenge.id, "ab" * 32, 0.01)
+    sim.link.challenge_fail(challenge.id, "gave up")  # a wrong answer: blocked
+    api.clock.advance(api.services.challenges.every_seconds + 1)
+    sim.link.heartbeat()
+    api.tick()
+    assert sim.link.heartbeat().challenges == []
+    assert _statuses(api, key)[sim.device(0)][0] == "blocked"

@@ -45,6 +45,7 @@ from gpupool.services.ports import ChallengeRecord, Clock, Database, Transaction
 from gpupool.services.stake import in_pool, slash
 
 OPEN_STATES = ("issued", "answered")
+RETRIED = (DeviceStatus.IDLE, DeviceStatus.UNSUPPORTED)  # blocked devices never are
 ABANDONED = "abandoned after its rows were known: "
 B_SEEDS = 4  # B matrices kept materialised; A is fresh for every challenge
 
@@ -125,14 +126,17 @@ class Challenges:
             touched: set[str] = set()
             # Only staked devices: a wrong answer must cost something (docs/challenge.md).
             for device in in_pool(tx, tx.workers.devices(worker_id)):
-                if device.id in open_devices or device.status is not DeviceStatus.IDLE:
+                if device.id in open_devices or device.status not in RETRIED:
                     continue
                 if device.worker_status.value != "up":
                     continue
-                due = not device.verified or (
+                old = (
                     self.every_seconds > 0
                     and now - (device.challenged_at or 0) >= self.every_seconds
                 )
+                # An unsupported device (too slow, no backend, no answer) gets another try
+                # each period: a busy host or a driver fixed since may pass it now.
+                due = old or (device.status is DeviceStatus.IDLE and not device.verified)
                 if not due:
                     continue
                 n, steps = self.shape(self.expected(tx, device))
@@ -287,7 +291,7 @@ class Challenges:
         if c.lease_id is not None:
             return self._finish_spot(tx, done, now)
         fate = {
-            "passed": None,
+            "passed": DeviceStatus.IDLE,  # back from unsupported, if it was
             "failed": DeviceStatus.UNSUPPORTED,
             "wrong": DeviceStatus.BLOCKED,
         }[state]
