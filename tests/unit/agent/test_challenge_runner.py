@@ -77,6 +77,10 @@ def test_gpu_backend_commits_to_the_same_root_as_numpy() -> None:
     cpu = run_challenge(n, SEED_A, SEED_B, backend="numpy")
     assert gpu.backend in ("torch-cuda", "cupy")
     assert gpu.root == cpu.root
+    # the chain: the fold between links must be the floor modulo on the device as well
+    gpu = run_challenge(n, SEED_A, SEED_B, backend="gpu", steps=5)
+    cpu = run_challenge(n, SEED_A, SEED_B, backend="numpy", steps=5)
+    assert gpu.root == cpu.root
 
 
 def test_numpy_chain_equals_the_coordinators_rows() -> None:
