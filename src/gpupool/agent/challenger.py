@@ -1,5 +1,6 @@
 """Runs the capability challenges the coordinator sends, one at a time, on a thread of its
-own, so heartbeats and leases never wait for a matrix multiplication."""
+own, so heartbeats and leases never wait for a matrix multiplication. Spot checks on leased
+devices go first: they have 10 s, an idle device's challenge has minutes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class Challenger:
     def __init__(self, link: CoordinatorLink, devices: list[DeviceSpec] | None = None) -> None:
         self.link = link
         self.specs = {d.local_name: d for d in devices or []}
-        self._queue: queue.Queue[w.ChallengeOut] = queue.Queue()
+        # (0 for a spot check, else 1; arrival order; the challenge)
+        self._queue: queue.PriorityQueue[tuple[int, int, w.ChallengeOut]] = queue.PriorityQueue()
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
@@ -28,12 +30,12 @@ class Challenger:
             for c in challenges:
                 if c.id not in self._seen:
                     self._seen.add(c.id)
-                    self._queue.put(c)
+                    self._queue.put((0 if c.lease_id else 1, len(self._seen), c))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                challenge = self._queue.get(timeout=0.5)
+                _, _, challenge = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             self.solve(challenge)
