@@ -39,16 +39,9 @@ from gpupool.domain.challenge import (
     pick_rows,
 )
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
-from gpupool.services.challenges import Challenges, Sizing
+from gpupool.services.challenges import Sizing
 
 CLASSES = ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "Tesla T4")
-
-
-def _shape(model: str, sizing: Sizing) -> tuple[int, int]:
-    # Challenges.shape only reads the sizing, so an instance without a database will do.
-    probe = Challenges.__new__(Challenges)
-    probe.size, probe.sizing = 2048, sizing
-    return probe.shape(expected_flops(model))
 
 
 def host_work(n: int) -> tuple[float, float]:
@@ -104,7 +97,7 @@ def main() -> None:
     link = one_link(sizing.gpu_size)
     out = []
     for model in CLASSES:
-        n, steps = _shape(model, sizing)
+        n, steps = sizing.shape(expected_flops(model), 2048)
         expected = expected_flops(model) or 0
         honest = challenge_flops(n, steps) / expected
         elapsed = honest + generated + hashed

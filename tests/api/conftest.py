@@ -106,23 +106,48 @@ class AgentSim:
         model: str = "Test CPU",
         **extra: Any,
     ) -> Any:
+        cpus = [
+            {
+                "local_name": f"cpu{i}",
+                "kind": "cpu",
+                "model": model,
+                "memory_mb": 1024,
+                "price_per_hour": price,
+                "cores": [i],
+            }
+            for i in range(devices)
+        ]
+        return self._register(cpus, region, **extra)
+
+    def register_gpus(
+        self,
+        devices: int = 1,
+        price: str = "2.00",
+        model: str = "NVIDIA H100 80GB HBM3",
+        memory_mb: int = 81_559,
+    ) -> Any:
+        """Claim `devices` GPUs of `model` (there are none here: what the agent says)."""
+        gpus = [
+            {
+                "local_name": f"gpu{i}",
+                "kind": "gpu",
+                "model": model,
+                "memory_mb": memory_mb,
+                "price_per_hour": price,
+                "uuid": f"GPU-00000000-0000-0000-0000-{i:012d}",
+            }
+            for i in range(devices)
+        ]
+        return self._register(gpus, "eu-west")
+
+    def _register(self, devices: list[dict[str, Any]], region: str, **extra: Any) -> Any:
         from gpupool.wire.models import WorkerRegister
 
         body = {
             "public_key": self.identity.public_key_b64,
             "hostname": "host-" + self.worker_id[-4:],
             "location": {"latitude": 50.1, "longitude": 8.7, "region": region},
-            "devices": [
-                {
-                    "local_name": f"cpu{i}",
-                    "kind": "cpu",
-                    "model": model,
-                    "memory_mb": 1024,
-                    "price_per_hour": price,
-                    "cores": [i],
-                }
-                for i in range(devices)
-            ],
+            "devices": devices,
             "agent_version": "test",
             "sandbox": "cgroup2",
             **extra,

@@ -101,30 +101,10 @@ H100 = "NVIDIA H100 80GB HBM3"
 
 def _gpu_agent(api: Api, model: str = H100) -> tuple[AgentSim, str]:
     """A staked worker that claims one GPU of `model`, its challenge issued and unsolved."""
-    from gpupool.wire.models import WorkerRegister
-
     key = api.account("supplier", "s")
     sim = api.agent(key)
     sim.solve_challenges = False
-    body = {
-        "public_key": sim.identity.public_key_b64,
-        "hostname": "h",
-        "location": {"latitude": 0, "longitude": 0, "region": "r"},
-        "agent_version": "t",
-        "sandbox": "cgroup2",
-        "devices": [
-            {
-                "local_name": "gpu0",
-                "kind": "gpu",
-                "model": model,
-                "memory_mb": 81559,
-                "price_per_hour": "2.00",
-                "uuid": "GPU-00000000-0000-0000-0000-000000000001",
-            }
-        ],
-    }
-    worker = sim.link.register(WorkerRegister.model_validate(body))
-    sim.stake_devices(worker.devices)  # only a staked device is challenged
+    sim.register_gpus(model=model)  # staked on registering: only a staked device is challenged
     return sim, key
 
 

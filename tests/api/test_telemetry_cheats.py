@@ -22,7 +22,6 @@ import pytest
 from gpupool.agent.challenge import open_rows, run_challenge
 from gpupool.services.challenges import Sizing
 from gpupool.services.proof_files import verify_folder
-from gpupool.wire import models as w
 from tests.api.conftest import HOUR, AgentSim, Api
 from tests.api.test_timelock import agent_recorder, export_folder
 from tests.unit.domain.timelock.conftest import Reading, busy_readings
@@ -61,30 +60,12 @@ class Shown:
 def _gpu_supplier(api: Api, devices: int = 1) -> tuple[str, AgentSim]:
     key = api.account("supplier", "cheat")
     sim = api.agent(key)
-    body = {
-        "public_key": sim.identity.public_key_b64,
-        "hostname": "no-gpu-here",
-        "location": {"latitude": 50.1, "longitude": 8.7, "region": "eu-west"},
-        "agent_version": "modified",
-        "sandbox": "cgroup2",
-        "devices": [
-            {
-                "local_name": f"gpu{i}",
-                "kind": "gpu",
-                "price_per_hour": PRICE,
-                "uuid": f"GPU-00000000-0000-0000-0000-{i:012d}",
-                **H100,
-            }
-            for i in range(devices)
-        ],
-    }
-    worker = sim.link.register(w.WorkerRegister.model_validate(body))
     # A small chain, and the test's clock stands still while this CPU computes it: the
     # coordinator sees an answer as fast as an H100's, so the devices pass and the question
     # left is the telemetry (tests/api/test_challenges.py shows the real clock failing them).
     api.services.challenges.sizing = Sizing(gpu_size=64, target_seconds=1e-6, max_steps=4)
     sim.solve_challenges = False
-    sim.stake_devices(worker.devices)  # staking issues the challenges
+    sim.register_gpus(devices, price=PRICE, **H100)  # staking issues the challenges
     for c in sim.link.heartbeat().challenges:
         work = run_challenge(c.n, int(c.seed_a, 16), int(c.seed_b, 16), "numpy", c.steps)
         claimed = 2 * c.steps * c.n**3 / 60e12  # an H100's FP32 rate, not this CPU's

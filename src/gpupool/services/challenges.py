@@ -64,6 +64,14 @@ class Sizing:
     # probability 1 - (1 - fraction)^chain_rows per challenge and slashed.
     chain_rows: int = 2
 
+    def shape(self, expected: float | None, cpu_size: int) -> tuple[int, int]:
+        """(n, steps) for a device expected to reach `expected` FLOP/s; a device with no
+        expected figure (a CPU core group, an unknown model) gets one product at `cpu_size`."""
+        if expected is None:
+            return cpu_size, 1
+        n = self.gpu_size
+        return n, chain_steps(expected, n, self.target_seconds, self.max_steps)
+
 
 class Challenges:
     def __init__(
@@ -96,22 +104,20 @@ class Challenges:
         lacks the median of earlier passed figures; None for CPU core groups (measured)."""
         if device.spec.kind is DeviceKind.CPU:
             return None
-        expected = expected_flops(device.spec.model)
-        if expected is None:
-            reference = tx.proofs.passed_flops(device.spec.model)
-            expected = statistics.median(reference) if reference else None
-        return expected
+        return expected_flops(device.spec.model) or self._learned(tx, device)
+
+    def _learned(self, tx: Transaction, device: Device) -> float | None:
+        """The median of earlier passed figures of a GPU's model; CPU core groups are
+        measured, not judged: their figure depends on the cores per device and on their
+        neighbours' load."""
+        if device.spec.kind is DeviceKind.CPU:
+            return None
+        reference = tx.proofs.passed_flops(device.spec.model)
+        return statistics.median(reference) if reference else None
 
     def pool_seed(self) -> str:
         """One of the pooled B seeds, chosen with the coordinator's randomness."""
         return self._b_seeds[self._random(1)[0] % len(self._b_seeds)]
-
-    def shape(self, expected: float | None) -> tuple[int, int]:
-        """(n, steps) for a device expected to reach `expected` FLOP/s."""
-        if expected is None:
-            return self.size, 1
-        n = self.sizing.gpu_size
-        return n, chain_steps(expected, n, self.sizing.target_seconds, self.sizing.max_steps)
 
     # issuing --------------------------------------------------------------------------------
 
@@ -139,7 +145,7 @@ class Challenges:
                 due = old or (device.status is DeviceStatus.IDLE and not device.verified)
                 if not due:
                     continue
-                n, steps = self.shape(self.expected(tx, device))
+                n, steps = self.sizing.shape(self.expected(tx, device), self.size)
                 record = ChallengeRecord(
                     id=new_id("ch"),
                     device_id=device.id,
@@ -199,16 +205,11 @@ class Challenges:
             late = now - c.issued_at > self.deadline(c)
             if late:  # judged now, whether or not the ticker has expired it yet
                 self._finish(tx, c, "failed", "the root came after the deadline", now)
-        if late:
-            raise Conflict(f"challenge {challenge_id} is past its deadline")
-        with self._db.transaction() as tx:
-            c = self._own(tx, worker_id, challenge_id)
-            if c.state != "issued":
-                raise Conflict(f"challenge {challenge_id} is {c.state}")
-            k = self.rows if c.steps == 1 else min(self.rows, self.sizing.chain_rows)
-            rows = pick_rows(self._random(32), c.n, min(k, c.n))
-            tx.proofs.save_challenge(
-                replace(
+                rows: list[int] = []
+            else:  # a chain opens fewer rows (docs/challenge.md, "Sizing and timing")
+                k = self.rows if c.steps == 1 else min(self.rows, self.sizing.chain_rows)
+                rows = pick_rows(self._random(32), c.n, min(k, c.n))
+                answered = replace(
                     c,
                     state="answered",
                     root=root,
@@ -216,8 +217,10 @@ class Challenges:
                     compute_seconds=compute_seconds,
                     answered_at=now,
                 )
-            )
-            return rows
+                tx.proofs.save_challenge(answered)
+        if late:  # refused once the judgement is committed
+            raise Conflict(f"challenge {challenge_id} is past its deadline")
+        return rows
 
     def open(
         self, worker_id: str, challenge_id: str, openings: Sequence[Opening]
@@ -242,15 +245,8 @@ class Challenges:
                 return self._finish(tx, c, "passed", f"spot check answered in {elapsed:.3g} s", now)
             device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
             # GPUs answer to the table of expected figures (or, for a model it lacks, to what
-            # that model measured before); CPU core groups are measured, not judged: their
-            # figure depends on the cores per device and on their neighbours' load.
-            if device.spec.kind is DeviceKind.CPU:
-                verdict = throughput_verdict(device.spec.model, flops, None)
-            else:
-                reference = tx.proofs.passed_flops(device.spec.model)
-                verdict = throughput_verdict(
-                    device.spec.model, flops, statistics.median(reference) if reference else None
-                )
+            # that model measured before); CPU core groups pass while no reference exists.
+            verdict = throughput_verdict(device.spec.model, flops, self._learned(tx, device))
             if not verdict.ok:
                 return self._finish(tx, c, "failed", verdict.reason, now, flops)
             return self._finish(tx, c, "passed", verdict.reason, now, flops)
@@ -288,29 +284,21 @@ class Challenges:
     ) -> ChallengeRecord:
         done = replace(c, state=state, reason=reason, finished_at=now, flops=flops)
         tx.proofs.save_challenge(done)
-        if c.lease_id is not None:
-            return self._finish_spot(tx, done, now)
-        fate = {
-            "passed": DeviceStatus.IDLE,  # back from unsupported, if it was
-            "failed": DeviceStatus.UNSUPPORTED,
-            "wrong": DeviceStatus.BLOCKED,
-        }[state]
-        tx.workers.set_verification(
-            c.device_id, verified=state == "passed", at=now, status=fate, flops=flops
-        )
-        if state == "wrong":  # fraud: the device's stake pays (docs/ledger.md)
+        if c.lease_id is None:
+            fate = {
+                "passed": DeviceStatus.IDLE,  # back from unsupported, if it was
+                "failed": DeviceStatus.UNSUPPORTED,
+                "wrong": DeviceStatus.BLOCKED,
+            }[state]
+            tx.workers.set_verification(
+                c.device_id, verified=state == "passed", at=now, status=fate, flops=flops
+            )
+        elif state != "passed":
+            # A spot check leaves the lease running: a missed, late or wrong answer is a
+            # violation on the lease's certificate (slashed to the renter at settlement) and
+            # voids the device's proof, so it must pass a new challenge after the lease.
+            tx.workers.set_verification(c.device_id, verified=False, at=now)
+        if state == "wrong":  # fraud: the device's stake pays at once (docs/ledger.md)
             device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
             slash(tx, device, SlashReason.WRONG_ANSWER, f"slash:challenge:{c.id}", now)
         return done
-
-    def _finish_spot(self, tx: Transaction, c: ChallengeRecord, now: float) -> ChallengeRecord:
-        """A spot check's outcome leaves the lease running: a missed, late or wrong answer is
-        a violation on the lease's certificate (which slashes stake to the renter when the
-        lease settles) and voids the device's proof, so it must pass a new challenge after
-        the lease; a wrong answer is fraud and slashes at once as well."""
-        if c.state != "passed":
-            tx.workers.set_verification(c.device_id, verified=False, at=now)
-        if c.state == "wrong":
-            device = next(d for d in tx.workers.devices(c.worker_id) if d.id == c.device_id)
-            slash(tx, device, SlashReason.WRONG_ANSWER, f"slash:challenge:{c.id}", now)
-        return c

@@ -17,7 +17,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
-from gpupool.domain.challenge import chain_steps
 from gpupool.domain.leases import LeaseState
 from gpupool.services.challenges import OPEN_STATES, Challenges
 from gpupool.services.ids import new_id
@@ -52,8 +51,8 @@ class SpotChecks:
         self._challenges = challenges
         self.per_hour = per_hour
         self.hour_seconds = hour_seconds
-        self.size = size
-        self.target_seconds = target_seconds
+        # the challenges' sizing, with a spot check's smaller n and shorter target
+        self.sizing = replace(challenges.sizing, gpu_size=size, target_seconds=target_seconds)
         self._random = random_bytes
 
     @property
@@ -93,12 +92,8 @@ class SpotChecks:
                             )
                         )
                     elif plan.issued_at <= now and member.device_id not in busy:
-                        device = devices[member.device_id]
-                        expected = self._challenges.expected(tx, device)
-                        n = self.size if expected is not None else self._challenges.size
-                        steps = chain_steps(
-                            expected, n, self.target_seconds, self._challenges.sizing.max_steps
-                        )
+                        expected = self._challenges.expected(tx, devices[member.device_id])
+                        n, steps = self.sizing.shape(expected, self._challenges.size)
                         record = replace(
                             plan,
                             n=n,

@@ -32,6 +32,7 @@ from gpupool.domain.timelock.anomaly import ModelStats
 from gpupool.domain.timelock.samples import Sample
 from gpupool.domain.timelock.telemetry import DeviceProfile
 from gpupool.services.agent_auth import Authenticated
+from gpupool.services.challenges import OPEN_STATES
 from gpupool.services.market import own_cluster
 from gpupool.services.ports import (
     Clock,
@@ -425,4 +426,4 @@ def _end_ms(tx: Transaction, lease: Lease) -> int:
 
 
 def _spot_open(tx: Transaction, lease_id: str) -> bool:
-    return bool(tx.proofs.challenges(lease_id=lease_id, states=("issued", "answered")))
+    return bool(tx.proofs.challenges(lease_id=lease_id, states=OPEN_STATES))
