@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from gpupool.agent.challenge import open_rows, run_challenge
+from gpupool.agent.proof.challenge import open_rows, run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.challenge import challenge_flops, operand, pick_rows, product_rows
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening

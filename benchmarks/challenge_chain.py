@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from gpupool.agent.challenge import HOST_THREADS, host_operand
+from gpupool.agent.proof.challenge import HOST_THREADS, host_operand
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.challenge import (
     MIN_RATIO,

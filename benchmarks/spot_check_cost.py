@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from gpupool.agent.challenge import open_rows, run_challenge
+from gpupool.agent.proof.challenge import open_rows, run_challenge
 from gpupool.coordinator.settings import CoordinatorSettings
 from gpupool.domain.challenge import pick_rows
 

@@ -138,8 +138,8 @@ def _ingest_worker(
     flight; the threads only share this process's interpreter."""
     import threading
 
-    from gpupool.agent.challenger import Challenger
     from gpupool.agent.link import CoordinatorLink
+    from gpupool.agent.proof.challenger import Challenger
     from gpupool.wire import models as w
 
     sims = []
@@ -185,7 +185,7 @@ def _ingest_worker(
 def _run_agent(identity: Identity, link: Any, stop_at: Any) -> tuple[int, int]:
     """One agent's loop: ten samples per device per request, chained, signed and sent as the
     agent's recorder does; (samples accepted, batches refused)."""
-    from gpupool.agent.recorder import Head, seal
+    from gpupool.agent.proof.recorder import Head, seal
     from gpupool.wire import models as w
 
     heads: dict[tuple[str, str], Head | None] = {}
@@ -303,8 +303,8 @@ def bench_guard(rounds: int, interval: float) -> dict[str, Any]:
     import subprocess
     import threading
 
-    from gpupool.agent.guard import DeviceView, Guard, LeaseView
-    from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
+    from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
+    from gpupool.agent.sandbox.guard import DeviceView, Guard, LeaseView
 
     core = sorted(os.sched_getaffinity(0))[-1]
     boxes = Sandboxes(f"w-bench{os.getpid()}", find_cgroup2_root(), find_cpuset_root())

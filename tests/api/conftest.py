@@ -173,7 +173,7 @@ class AgentSim:
 
     def solve_pending(self) -> list[Any]:
         """Answer every open capability challenge with the agent's real challenge code."""
-        from gpupool.agent.challenger import Challenger
+        from gpupool.agent.proof.challenger import Challenger
 
         challenger = Challenger(self.link)
         return [challenger.solve(c) for c in self.link.heartbeat().challenges]

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpupool.agent.bandwidth import BandwidthError, BandwidthMeter
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.mesh.bandwidth import BandwidthError, BandwidthMeter
 from gpupool.coordinator.api.app import create_app
 from gpupool.coordinator.settings import CoordinatorSettings
 from gpupool.coordinator.storage.database import SqlDatabase

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge
+from gpupool.agent.proof.challenge import ChallengeWork, open_rows, run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.challenge import challenge_flops
 from gpupool.services.challenges import Sizing

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpupool.agent.challenger import Challenger
+from gpupool.agent.proof.challenger import Challenger
 from tests.api.conftest import HOUR, AgentSim, Api
 
 TICK = 5.0  # the simulated ticker's period, seconds

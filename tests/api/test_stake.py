@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gpupool.agent.challenge import open_rows, run_challenge
+from gpupool.agent.proof.challenge import open_rows, run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.money import to_micros
 from gpupool.domain.stake import UNSTAKE_COOLDOWN_SECONDS

@@ -9,7 +9,7 @@ import hashlib
 from typing import Any
 
 from gpupool.agent.link import LinkError
-from gpupool.agent.sandbox import Sandboxes
+from gpupool.agent.sandbox.cgroup import Sandboxes
 from gpupool.agent.tasks import TaskRunner
 from gpupool.domain.models import DeviceKind, DeviceSpec
 from tests.api.conftest import AgentSim, Api

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gpupool.agent.challenge import open_rows, run_challenge
+from gpupool.agent.proof.challenge import open_rows, run_challenge
 from gpupool.services.challenges import Sizing
 from gpupool.services.proof_files import verify_folder
 from tests.api.conftest import HOUR, AgentSim, Api

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpupool.agent.recorder import ChainStore, Head, Recorder, seal
+from gpupool.agent.proof.recorder import ChainStore, Head, Recorder, seal
 from gpupool.crypto.identity import Identity, b64
 from gpupool.crypto.timelock import batch_message
 from gpupool.services.proof_files import verify_folder, write_folder

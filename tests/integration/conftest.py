@@ -51,7 +51,7 @@ def renter(network: LocalNetwork) -> Iterator[Client]:
 
 
 def lease_cgroup(worker_id: str, lease_id: str) -> Path | None:
-    from gpupool.agent.sandbox import find_cgroup2_root
+    from gpupool.agent.sandbox.cgroup import find_cgroup2_root
 
     root = find_cgroup2_root()
     return root / f"gpupool-{worker_id}" / lease_id if root else None

@@ -13,14 +13,14 @@ import threading
 from decimal import Decimal
 
 import gpupool
-from gpupool.agent.bandwidth import BandwidthMeter
-from gpupool.agent.challenger import Challenger
 from gpupool.agent.link import CoordinatorLink, LinkError
-from gpupool.agent.mesh import MeshManager
-from gpupool.agent.netprobe import NetProbe
-from gpupool.agent.prover import Prover
-from gpupool.agent.raynode import RayNodes
-from gpupool.agent.sandbox import Sandbox, SandboxError, Sandboxes
+from gpupool.agent.mesh.bandwidth import BandwidthMeter
+from gpupool.agent.mesh.manager import MeshManager
+from gpupool.agent.mesh.netprobe import NetProbe
+from gpupool.agent.proof.challenger import Challenger
+from gpupool.agent.proof.prover import Prover
+from gpupool.agent.ray.node import RayNodes
+from gpupool.agent.sandbox.cgroup import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
 from gpupool.agent.tasks import docker_available

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.agent.nvml import GpuInfo, load_nvml, probe_gpus
-from gpupool.agent.procs import parse_cpu_list
+from gpupool.agent.sandbox.procs import parse_cpu_list
 from gpupool.domain.models import DeviceKind, DeviceSpec
 
 

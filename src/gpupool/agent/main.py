@@ -9,19 +9,19 @@ import threading
 import time
 from types import FrameType
 
-from gpupool.agent.bandwidth import BandwidthMeter
-from gpupool.agent.challenger import Challenger
 from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
-from gpupool.agent.guard import Guard
 from gpupool.agent.link import CoordinatorLink
-from gpupool.agent.mesh import MeshManager, local_address_towards
-from gpupool.agent.netprobe import NetProbe
+from gpupool.agent.mesh.bandwidth import BandwidthMeter
+from gpupool.agent.mesh.manager import MeshManager, local_address_towards
+from gpupool.agent.mesh.netprobe import NetProbe
 from gpupool.agent.nvml import load_nvml
-from gpupool.agent.prover import Prover
-from gpupool.agent.raynode import RayNodes
-from gpupool.agent.recorder import ChainStore, Recorder
-from gpupool.agent.sandbox import Sandboxes, find_cgroup2_root, find_cpuset_root
+from gpupool.agent.proof.challenger import Challenger
+from gpupool.agent.proof.prover import Prover
+from gpupool.agent.proof.recorder import ChainStore, Recorder
+from gpupool.agent.ray.node import RayNodes
+from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
+from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, lock_state_dir
 from gpupool.agent.tasks import TaskRunner

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from gpupool.agent.link import CoordinatorLink, LinkError
-from gpupool.agent.sandbox import SandboxError, Sandboxes
+from gpupool.agent.sandbox.cgroup import SandboxError, Sandboxes
 from gpupool.domain.models import DeviceSpec
 from gpupool.wire.tasks import AgentRunOut
 

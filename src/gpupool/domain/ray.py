@@ -1,5 +1,5 @@
 """Ray on a booked cluster: what each member's Ray node offers, and when the cluster has
-joined. Pure rules; the agent's Ray adapter (`agent/raynode.py`) and the coordinator's Ray
+joined. Pure rules; the agent's Ray adapter (`agent/ray/node.py`) and the coordinator's Ray
 service (`services/raycluster.py`) apply them.
 
 One Ray node runs per worker and lease (a worker may hold several devices of one lease); the

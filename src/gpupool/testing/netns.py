@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from gpupool.agent.wireguard import SOCKET_DIR, remove_interface
+from gpupool.agent.mesh.wireguard import SOCKET_DIR, remove_interface
 
 SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
 SWITCH_ADDRESS = str(SUBNET.network_address + 1)

@@ -78,7 +78,7 @@ def trial(distance: np.ndarray, y: np.ndarray, degree: int, lam: float) -> dict[
 def checkpoint(best: dict[str, Any], distance: np.ndarray, y: np.ndarray) -> bool:
     """Keep the best model in the lease's encrypted scratch folder (when in a lease)."""
     try:
-        from gpupool.agent.scratch import Scratch, ScratchError
+        from gpupool.agent.sandbox.scratch import Scratch, ScratchError
     except ImportError:
         return False
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gpupool.agent.link import CoordinatorLink
-from gpupool.agent.wireguard import SOCKET_DIR, interface_name
+from gpupool.agent.mesh.wireguard import SOCKET_DIR, interface_name
 from gpupool.client import Client
 from gpupool.crypto.identity import load_or_create
 from gpupool.testing.meshnet import MeshWorld, mesh_world

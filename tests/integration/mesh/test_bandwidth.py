@@ -16,7 +16,7 @@ from gpupool.testing.netns import TestNetwork
 # measurement through the product's own meter; prints the coordinator's answer.
 AGENT_SCRIPT = """
 import json, sys
-from gpupool.agent.bandwidth import BandwidthMeter
+from gpupool.agent.mesh.bandwidth import BandwidthMeter
 from gpupool.agent.link import CoordinatorLink
 from gpupool.client import Client
 from gpupool.crypto.identity import Identity

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from gpupool.agent.overlay_probe import direct_targets, probe_round
-from gpupool.agent.wireguard import (
+from gpupool.agent.mesh.overlay_probe import direct_targets, probe_round
+from gpupool.agent.mesh.wireguard import (
     SOCKET_DIR,
     KeyPair,
     WireGuardInterface,

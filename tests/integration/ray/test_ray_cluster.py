@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.raycmd import temp_dir_for
-from gpupool.agent.scratch import Scratch, ScratchError
+from gpupool.agent.ray.cmd import temp_dir_for
+from gpupool.agent.sandbox.scratch import Scratch, ScratchError
 from gpupool.client import ApiError, Client
 from gpupool.wire.models import ClusterOut
 from tests.integration.conftest import eventually, wait_state
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 JOB = """
 import json, os, ray
-from gpupool.agent.scratch import Scratch
+from gpupool.agent.sandbox.scratch import Scratch
 
 ray.init()
 devices = json.loads(os.environ["LEASE_DEVICES"])
@@ -182,7 +182,7 @@ def test_another_renter_cannot_reach_this_clusters_ray_or_jobs(raynet: RayNet) -
 
 
 def _ray_pid(net: RayNet, worker_id: str, lease_id: str, comm: str) -> int:
-    from gpupool.agent.sandbox import find_cgroup2_root
+    from gpupool.agent.sandbox.cgroup import find_cgroup2_root
 
     root = find_cgroup2_root()
     if root is None:

@@ -7,7 +7,12 @@ import importlib.util
 import numpy as np
 import pytest
 
-from gpupool.agent.challenge import ChallengeUnsupported, open_rows, run_challenge, select_backend
+from gpupool.agent.proof.challenge import (
+    ChallengeUnsupported,
+    open_rows,
+    run_challenge,
+    select_backend,
+)
 from gpupool.crypto.merkle import leaf_hash, row_bytes, verify_proof
 from gpupool.domain.challenge import matrix, pick_rows
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
@@ -60,7 +65,7 @@ def test_unknown_backends_are_refused() -> None:
 def test_a_gpu_backend_without_a_gpu_library_is_unsupported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import gpupool.agent.challenge as runner
+    import gpupool.agent.proof.challenge as runner
 
     monkeypatch.setattr(runner, "_import", lambda name: None)
     with pytest.raises(ChallengeUnsupported):
@@ -95,7 +100,7 @@ def test_numpy_chain_equals_the_coordinators_rows() -> None:
 
 
 def test_host_generation_and_hashing_on_threads_give_the_same_bits() -> None:
-    from gpupool.agent.challenge import host_operand
+    from gpupool.agent.proof.challenge import host_operand
     from gpupool.crypto.merkle import row_leaves
     from gpupool.domain.challenge import operand
 
@@ -106,7 +111,7 @@ def test_host_generation_and_hashing_on_threads_give_the_same_bits() -> None:
 
 
 def test_pooled_b_operands_are_kept_and_the_oldest_goes_first() -> None:
-    from gpupool.agent.challenge import OperandCache
+    from gpupool.agent.proof.challenge import OperandCache
     from gpupool.domain.challenge import operand
 
     cache = OperandCache(capacity=2)

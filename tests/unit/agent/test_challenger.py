@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpupool.agent.challenger import Challenger
+from gpupool.agent.proof.challenger import Challenger
 from gpupool.wire import models as w
 
 

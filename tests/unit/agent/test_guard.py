@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.guard import DeviceView, Guard, LeaseView
-from gpupool.agent.sandbox import (
+from gpupool.agent.sandbox.cgroup import (
     CgroupSandbox,
     ProcessGroupSandbox,
     Sandbox,
@@ -21,6 +20,7 @@ from gpupool.agent.sandbox import (
     find_cgroup2_root,
     find_cpuset_root,
 )
+from gpupool.agent.sandbox.guard import DeviceView, Guard, LeaseView
 from gpupool.domain.models import DeviceKind
 from gpupool.testing import FakeGpu, FakeNvml
 from tests.unit.agent.test_sandbox import alive, wait_until

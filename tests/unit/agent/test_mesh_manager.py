@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent import mesh as agent_mesh
 from gpupool.agent.link import CoordinatorLink
-from gpupool.agent.mesh import MeshManager, local_address_towards
+from gpupool.agent.mesh import manager as agent_mesh
+from gpupool.agent.mesh.manager import MeshManager, local_address_towards
 from gpupool.crypto.identity import Identity
 
 
@@ -21,7 +21,7 @@ def test_without_root_the_mesh_is_off_and_said_once(
     identity = Identity.generate()
     link = CoordinatorLink("http://127.0.0.1:9", identity, "gps_x")
     manager = MeshManager(link, identity.worker_id, tmp_path, "http://127.0.0.1:9")
-    with caplog.at_level(logging.WARNING, logger="gpupool.agent.mesh"):
+    with caplog.at_level(logging.WARNING, logger="gpupool.agent.mesh.manager"):
         for _ in range(3):
             manager.sync({"l-1"})
     said = [r for r in caplog.records if "mesh_unavailable" in r.getMessage()]

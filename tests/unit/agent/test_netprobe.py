@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpupool.agent.netprobe import MAGIC, REPLY_SIZE, NetProbe
+from gpupool.agent.mesh.netprobe import MAGIC, REPLY_SIZE, NetProbe
 from gpupool.domain.coordinates import Coordinate
 from gpupool.wire import models as w
 

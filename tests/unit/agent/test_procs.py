@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gpupool.agent.procs import PF_KTHREAD, list_processes, parse_stat
+from gpupool.agent.sandbox.procs import PF_KTHREAD, list_processes, parse_stat
 
 
 def _stat(pid: int, comm: str, state: str, ppid: int, flags: int, start: int, cpu: int) -> str:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from gpupool.agent.raycmd import (
+from gpupool.agent.ray.cmd import (
     MAX_TEMP_DIR_CHARS,
     kill_processes_using,
     start_argv,

@@ -7,9 +7,9 @@ from typing import Any, cast
 
 import pytest
 
-from gpupool.agent import raynode
-from gpupool.agent.raynode import LeaseNode, RayNodes
-from gpupool.agent.scratch import Scratch
+from gpupool.agent.ray import node as raynode
+from gpupool.agent.ray.node import LeaseNode, RayNodes
+from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.domain.ray import RayRole
 
 

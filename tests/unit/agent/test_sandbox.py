@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.sandbox import (
+from gpupool.agent.sandbox.cgroup import (
     CgroupSandbox,
     ProcessGroupSandbox,
     Sandboxes,
@@ -71,7 +71,9 @@ def test_lease_starts_with_its_init_process_inside_its_cgroup(sandboxes: Sandbox
     wait_until(lambda: len(box.pids()) == 1)
     (pid,) = box.pids()
     # the shell that put it in the cgroup execs the lease init a moment later
-    wait_until(lambda: b"gpupool.agent.lease_init" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    wait_until(
+        lambda: b"gpupool.agent.sandbox.lease_init" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
     assert os.getpgid(pid) == pid  # leads its own process group
     box.destroy()
     assert not Path(box.path).exists()

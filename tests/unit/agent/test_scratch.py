@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.scratch import Scratch, ScratchError
+from gpupool.agent.sandbox.scratch import Scratch, ScratchError
 
 
 def test_files_are_sealed_on_disk_and_read_back_with_the_lease_key(tmp_path: Path) -> None:

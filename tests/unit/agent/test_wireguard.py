@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.overlay_probe import direct_targets, parse_ping
-from gpupool.agent.wireguard import (
+from gpupool.agent.mesh.overlay_probe import direct_targets, parse_ping
+from gpupool.agent.mesh.wireguard import (
     KEY_FILE,
     KeyPair,
     WireGuardError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge
+from gpupool.agent.proof.challenge import ChallengeWork, open_rows, run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.challenge import matrix, pick_rows
 from gpupool.services.capability import (

@@ -7,8 +7,8 @@ group. Where no writable cgroup v2 exists (no root, say) `ProcessGroupSandbox` f
 process group, which a process can leave with setsid: the agent says which one it uses when it
 registers.
 
-Each lease starts with one process, the lease init (`gpupool.agent.lease_init`): the leader of
-the lease's process group and a child subreaper that reaps the lease's orphans.
+Each lease starts with one process, the lease init (`gpupool.agent.sandbox.lease_init`): the
+leader of the lease's process group and a child subreaper that reaps the lease's orphans.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gpupool.agent.procs import parse_cpu_list
+from gpupool.agent.sandbox.procs import parse_cpu_list
 
 KILL_WAIT_SECONDS = 10.0
 
@@ -93,7 +93,7 @@ def find_cgroup2_root() -> Path | None:
 
 
 def _lease_init_argv() -> list[str]:
-    return [sys.executable, "-m", "gpupool.agent.lease_init"]
+    return [sys.executable, "-m", "gpupool.agent.sandbox.lease_init"]
 
 
 def _alive(pid: int) -> bool:

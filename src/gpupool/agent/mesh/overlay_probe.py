@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gpupool.agent.wireguard import in_netns
+from gpupool.agent.mesh.wireguard import in_netns
 from gpupool.domain.mesh import PeerMap, direct_address
 
 INTERVAL = 1.0  # seconds between rounds

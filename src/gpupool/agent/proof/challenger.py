@@ -8,12 +8,12 @@ import logging
 import queue
 import threading
 
-from gpupool.agent.challenge import ChallengeWork, open_rows, run_challenge, run_pinned
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.proof.challenge import ChallengeWork, open_rows, run_challenge, run_pinned
 from gpupool.domain.models import DeviceKind, DeviceSpec
 from gpupool.wire import models as w
 
-log = logging.getLogger("gpupool.agent.challenger")
+log = logging.getLogger("gpupool.agent.proof.challenger")
 
 
 class Challenger:

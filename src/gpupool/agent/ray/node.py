@@ -33,15 +33,15 @@ import httpx
 
 from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
-from gpupool.agent.raycmd import (
+from gpupool.agent.ray.cmd import (
     comm,
     kill_processes_using,
     list_nodes,
     start_argv,
     temp_dir_for,
 )
-from gpupool.agent.sandbox import Sandbox
-from gpupool.agent.scratch import Scratch
+from gpupool.agent.sandbox.cgroup import Sandbox
+from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.domain.leases import MemberState
 from gpupool.domain.models import DeviceSpec
 from gpupool.domain.ray import (

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
-from gpupool.agent.overlay_probe import OverlayProber
-from gpupool.agent.wireguard import (
+from gpupool.agent.mesh.overlay_probe import OverlayProber
+from gpupool.agent.mesh.wireguard import (
     Backend,
     WireGuardError,
     WireGuardInterface,
@@ -41,7 +41,7 @@ from gpupool.crypto.wgkeys import KeyPair
 from gpupool.domain.mesh import PeerMap
 from gpupool.wire.mesh import MeshMapOut
 
-log = logging.getLogger("gpupool.agent.mesh")
+log = logging.getLogger("gpupool.agent.mesh.manager")
 
 POLL_SECONDS = 20.0  # how long one long poll for the map waits on the coordinator
 RETRY_SECONDS = 1.0

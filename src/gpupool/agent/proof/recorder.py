@@ -23,7 +23,7 @@ from gpupool.crypto.identity import Identity, b64
 from gpupool.crypto.timelock import ZERO_HASH, batch_message, sample_hash
 from gpupool.wire import models as w
 
-log = logging.getLogger("gpupool.agent.recorder")
+log = logging.getLogger("gpupool.agent.proof.recorder")
 
 MAX_SAMPLES_PER_BATCH = 1200  # the coordinator's limit per batch
 MAX_BATCHES_PER_REQUEST = 64

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpupool.agent.procs import ProcessInfo, list_processes, parse_cpu_list
-from gpupool.agent.sandbox import Sandbox
+from gpupool.agent.sandbox.cgroup import Sandbox
+from gpupool.agent.sandbox.procs import ProcessInfo, list_processes, parse_cpu_list
 from gpupool.domain.models import DeviceKind
 
 MIB = 1024 * 1024

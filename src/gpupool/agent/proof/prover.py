@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpupool.agent.guard import DeviceObservation, DeviceView, Guard, LeaseView
 from gpupool.agent.link import LinkError
-from gpupool.agent.recorder import Recorder
-from gpupool.agent.sandbox import Sandbox
+from gpupool.agent.proof.recorder import Recorder
+from gpupool.agent.sandbox.cgroup import Sandbox
+from gpupool.agent.sandbox.guard import DeviceObservation, DeviceView, Guard, LeaseView
 from gpupool.domain.models import DeviceSpec
 
-log = logging.getLogger("gpupool.agent.prover")
+log = logging.getLogger("gpupool.agent.proof.prover")
 
 SEND_AFTER_BOUNDARY_SECONDS = 0.3
 

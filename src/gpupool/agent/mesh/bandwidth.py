@@ -24,7 +24,7 @@ from gpupool.domain.connectivity import (
 )
 from gpupool.wire import models as w
 
-log = logging.getLogger("gpupool.agent.bandwidth")
+log = logging.getLogger("gpupool.agent.mesh.bandwidth")
 
 INTERVAL_SECONDS = 6 * 3600.0  # links change rarely; each measurement costs up to 64 MiB
 RETRY_SECONDS = 300.0

@@ -1,6 +1,6 @@
 """How the agent starts and observes one Ray node: the address it binds to, its temp dir,
 its `ray start` command line, the head's node list, and the processes a lease's Ray leaves
-behind. `agent/raynode.py` runs the node's life with these (docs/ray.md)."""
+behind. `agent/ray/node.py` runs the node's life with these (docs/ray.md)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Proof of Time-Lock samples and capability challenges: what the agent proves, and how."""

@@ -1,0 +1,1 @@
+"""A Ray node per lease member, started inside the member's sandbox."""

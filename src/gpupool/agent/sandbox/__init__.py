@@ -1,0 +1,2 @@
+"""Lease sandboxes: cgroups and cpusets, the lease init, the guard, process listing and
+encrypted scratch."""
