@@ -178,6 +178,24 @@ class AgentSim:
         challenger = Challenger(self.link)
         return [challenger.solve(c) for c in self.link.heartbeat().challenges]
 
+    def submit(
+        self, challenge_id: str, work: Any, compute_seconds: float = 1e-6, between: Any = None
+    ) -> Any:
+        """Commit `work`'s root, send the memory sketch when the coordinator asks for one,
+        open the rows: the protocol's three steps, for tests that compute (or forge) the
+        work themselves. `between()` runs after the commitment, e.g. to move the clock."""
+        from gpupool.agent.proof.challenge import open_rows
+
+        answer = self.link.challenge_answer(challenge_id, work.root, compute_seconds)
+        if between is not None:
+            between()
+        rows = answer.rows
+        if answer.memory is not None:
+            rows = self.link.challenge_sketch(
+                challenge_id, work.sketch(int(answer.memory.seed, 16))
+            )
+        return self.link.challenge_open(challenge_id, open_rows(work, rows))
+
     def device(self, i: int) -> str:
         return f"{self.worker_id}:cpu{i}"
 

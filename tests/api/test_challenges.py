@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpupool.agent.proof.challenge import ChallengeWork, open_rows, run_challenge
+from gpupool.agent.proof.challenge import ChallengeWork, run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.challenge import challenge_flops
 from gpupool.services.challenges import Sizing
@@ -49,8 +49,7 @@ def test_a_new_device_is_bookable_only_after_it_passes(api: Api, renter: str) ->
 
 def _answer(sim: AgentSim, work: ChallengeWork) -> Any:
     challenge = sim.link.heartbeat().challenges[0]
-    rows = sim.link.challenge_answer(challenge.id, work.root, work.compute_seconds)
-    return sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    return sim.submit(challenge.id, work, work.compute_seconds)
 
 
 def _honest_work(sim: AgentSim) -> ChallengeWork:
@@ -127,10 +126,10 @@ def test_a_cpu_claiming_an_h100_is_never_verified_whatever_time_it_reports(
         int(challenge.seed_b, 16),
         backend="numpy",
         steps=challenge.steps,
+        held=challenge.held,
     )
     api.clock.advance(time.perf_counter() - started)  # what the coordinator's clock saw
-    rows = sim.link.challenge_answer(challenge.id, work.root, 1e-6)  # "a microsecond"
-    result = sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    result = sim.submit(challenge.id, work, 1e-6)  # "a microsecond"
     assert result.state == "failed", result.reason  # the product was right ...
     assert "is below" in result.reason  # ... and far too slow for an H100
     assert result.flops < 0.5 * 50e12
@@ -142,13 +141,11 @@ def test_throughput_is_timed_on_the_coordinators_clock(api: Api) -> None:
     _small_gpu_chains(api)
     sim, _ = _gpu_agent(api)
     [challenge] = sim.link.heartbeat().challenges
-    work = run_challenge(
-        challenge.n, int(challenge.seed_a, 16), int(challenge.seed_b, 16), "numpy", challenge.steps
-    )
+    seeds = int(challenge.seed_a, 16), int(challenge.seed_b, 16)
+    work = run_challenge(challenge.n, *seeds, "numpy", challenge.steps, challenge.held)
     api.clock.advance(1.0)
-    rows = sim.link.challenge_answer(challenge.id, work.root, 1e-6)
-    api.clock.advance(5.0)  # the openings' time is not the device's compute
-    result = sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    # the sketch and the openings come after the root: their time is not the device's compute
+    result = sim.submit(challenge.id, work, between=lambda: api.clock.advance(0.2))
     allowance = api.services.challenges.sizing.rtt_allowance_seconds
     expected = challenge_flops(challenge.n, challenge.steps) / (1.0 - allowance)
     assert result.flops == pytest.approx(expected)
@@ -165,9 +162,9 @@ def test_a_chain_answer_wrong_in_its_last_link_blocks_the_device(api: Api) -> No
         int(challenge.seed_b, 16),
         "numpy",
         challenge.steps - 1,
+        challenge.held - 1,
     )
-    rows = sim.link.challenge_answer(challenge.id, work.root, 1e-6)
-    result = sim.link.challenge_open(challenge.id, open_rows(work, rows))
+    result = sim.submit(challenge.id, work)
     assert result.state == "wrong" and "differs from the product" in result.reason
     assert _statuses(api, key)[f"{sim.worker_id}:gpu0"][0] == "blocked"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from gpupool.agent.proof.challenge import open_rows, run_challenge
+from gpupool.agent.proof.challenge import run_challenge
 from gpupool.crypto.merkle import MerkleTree, row_leaves
 from gpupool.domain.money import to_micros
 from gpupool.domain.stake import UNSTAKE_COOLDOWN_SECONDS
@@ -115,8 +115,7 @@ def _answer_wrong(api: Api, sim: Any, challenge: Any) -> Any:
     work = run_challenge(challenge.n, int(challenge.seed_a, 16), int(challenge.seed_b, 16))
     wrong = work.product + np.int32(1)
     forged = replace(work, product=wrong, tree=MerkleTree(row_leaves(wrong)))
-    rows = sim.link.challenge_answer(challenge.id, forged.root, forged.compute_seconds)
-    return sim.link.challenge_open(challenge.id, open_rows(forged, rows))
+    return sim.submit(challenge.id, forged)
 
 
 def test_wrong_capability_answers_slash_stake_and_repeated_fraud_blocks_the_worker(

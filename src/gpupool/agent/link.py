@@ -162,9 +162,16 @@ class CoordinatorLink:
         answer = self._send("POST", "/v1/agent/samples", batches.model_dump_json().encode())
         return w.SamplesOut.model_validate_json(answer)
 
-    def challenge_answer(self, challenge_id: str, root: str, compute_seconds: float) -> list[int]:
+    def challenge_answer(
+        self, challenge_id: str, root: str, compute_seconds: float
+    ) -> w.ChallengeRowsOut:
         body = {"root": root, "compute_seconds": compute_seconds}
         data = self.call("POST", f"/v1/agent/challenges/{challenge_id}/answer", body)
+        return w.ChallengeRowsOut.model_validate(data)
+
+    def challenge_sketch(self, challenge_id: str, values: list[int]) -> list[int]:
+        """The memory sketch; the coordinator answers with the rows to open."""
+        data = self.call("POST", f"/v1/agent/challenges/{challenge_id}/sketch", {"values": values})
         return w.ChallengeRowsOut.model_validate(data).rows
 
     def tasks(self) -> list[wt.AgentRunOut]:

@@ -34,8 +34,13 @@ class CoordinatorSettings:
     # challenge_seconds on the coordinator's clock (docs/challenge.md, "Sizing and timing").
     challenge_gpu_size: int = 8192
     challenge_seconds: float = 3.0
-    challenge_max_steps: int = 256
+    challenge_max_steps: int = 384
     challenge_rtt_allowance_seconds: float = 0.05
+    # The memory phase: the last states of a GPU's chain, this share of its claimed memory,
+    # held on the device and sketched within floor + one read at the bandwidth (bytes/s).
+    challenge_memory_fraction: float = 0.75
+    challenge_memory_floor_seconds: float = 0.3
+    challenge_memory_bandwidth: float = 128e9
     # Spot checks on leased devices (docs/challenge.md, "Spot checks"): a Poisson rate per
     # lease hour (hour_seconds), the deadline for the root, and the short chain's size.
     spot_checks_per_hour: float = 4.0

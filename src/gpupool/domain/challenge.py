@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -101,10 +102,17 @@ def fold(values: npt.NDArray[np.integer]) -> npt.NDArray[np.int8]:
 
 
 def chain_rows(
-    seed_a: int, b_matrix: npt.NDArray[np.generic], n: int, rows: Sequence[int], steps: int
+    seed_a: int,
+    b_matrix: npt.NDArray[np.generic],
+    n: int,
+    rows: Sequence[int],
+    steps: int,
+    each: Callable[[int, npt.NDArray[np.int32]], None] | None = None,
 ) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int32]]:
     """For rows `rows` of the chained challenge C = X_steps (X_1 = A B, X_(t+1) = g(X_t) B):
     the rows of the last step's left operand (A's rows when steps == 1) and of C, exactly.
+    `each(t, rows of X_t)` sees every state on the way (t = 1..steps): the memory sketch's
+    check reads the held states' rows there.
 
     Row i of every X_t depends only on row i of A and on B, so the coordinator follows k rows
     through the chain at k/n of the agent's cost."""
@@ -115,10 +123,57 @@ def chain_rows(
     b = b_matrix.astype(np.float32, copy=False)
     left = matrix_rows(seed_a, n, rows)
     product = (left.astype(np.float32) @ b).astype(np.int32)
-    for _ in range(steps - 1):
+    if each is not None:
+        each(1, product)
+    for t in range(2, steps + 1):
         left = fold(product)
         product = (left.astype(np.float32) @ b).astype(np.int32)
+        if each is not None:
+            each(t, product)
     return left, product
+
+
+# The memory sketch (docs/challenge.md, "Memory: the held states"). The device keeps the last
+# `held` states X_(T-held+1) .. X_T of its chain; after it commits the root the coordinator
+# sends a fresh seed, and the device answers S = sum_j X_(T-held+1+j) r_j, with r_j row j of
+# the challenge matrix of that seed. Entries stay below 2^53 (|X| <= 64 n, |r| <= 8, at most
+# MAX_STEPS states), so float64 and int64 both compute S exactly.
+STATE_BYTES_PER_ENTRY = 4  # a state as the chain produces it: float32
+MAX_STEPS = 384  # bounds the coordinator's check: it follows k rows through every link
+assert MAX_STEPS * (ENTRY_BOUND**2 * MAX_N) * ENTRY_BOUND * MAX_N < 2**53
+
+
+def memory_steps(memory_bytes: int, n: int, fraction: float) -> int:
+    """How many n x n float32 states make `fraction` of the claimed memory (0: no memory
+    claimed, or no fraction asked)."""
+    if memory_bytes <= 0 or fraction <= 0:
+        return 0
+    return math.ceil(fraction * memory_bytes / (STATE_BYTES_PER_ENTRY * n * n))
+
+
+def sketch_vectors(seed: int, n: int, held: int) -> npt.NDArray[np.int8]:
+    """r_0 .. r_(held-1): the first `held` rows of the n x n challenge matrix with `seed`."""
+    if not 1 <= held <= n:
+        raise ValueError(f"a sketch over {held} states needs 1..{n} vectors")
+    return matrix_rows(seed, n, np.arange(held))
+
+
+def sketch_of(states: Sequence[npt.NDArray[np.generic]], vectors: npt.NDArray[np.int8]) -> Any:
+    """S = sum_j states[j] r_j, exactly in int64, for states given whole or as rows: the
+    agent's NumPy backend passes whole states (n x n), the coordinator the k rows it follows."""
+    if len(states) != len(vectors):
+        raise ValueError(f"{len(states)} states for {len(vectors)} sketch vectors")
+    total: Any = 0
+    for state, r in zip(states, vectors, strict=True):
+        total = total + np.asarray(state).astype(np.int64) @ r.astype(np.int64)
+    return np.asarray(total, dtype=np.int64)
+
+
+def memory_deadline(working_set_bytes: int, floor_seconds: float, bandwidth: float) -> float:
+    """Seconds the coordinator allows between sending the sketch seed and receiving S: a
+    floor for the round trip and the upload, plus one read of the held states at `bandwidth`
+    bytes/s, a rate device memory beats many times over and a host link (PCIe) cannot reach."""
+    return floor_seconds + working_set_bytes / bandwidth
 
 
 def product_rows(

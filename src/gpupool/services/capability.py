@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from gpupool.crypto.merkle import leaf_hash, row_bytes, verify_proof
-from gpupool.domain.challenge import MAX_N, chain_rows, fold, matrix_rows, operand
+from gpupool.domain.challenge import (
+    MAX_N,
+    chain_rows,
+    fold,
+    matrix_rows,
+    operand,
+    sketch_of,
+    sketch_vectors,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,8 @@ class ChallengeSpec:
     seed_a: int
     seed_b: int
     steps: int = 1  # chained multiplications (docs/challenge.md, "The chain")
+    held: int = 0  # the last states the memory sketch covers (0: no memory phase)
+    memory_seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +129,12 @@ def verify_opening(
     openings: Sequence[Opening],
     requested_rows: Sequence[int],
     b_pool: BPool,
+    sketch: Mapping[int, int] | None = None,
 ) -> Outcome:
     """Check the agent's openings: exactly the requested rows, each proven against `root` and
-    each equal to the coordinator's own row of the (chained) product. Any failure is a wrong
-    answer."""
+    each equal to the coordinator's own row of the (chained) product; and, for a challenge
+    with a memory phase, the agent's sketch S (`sketch`, by row) at those rows. Any failure
+    is a wrong answer."""
     n = challenge.n
     requested = set(requested_rows)
     if not requested:
@@ -151,14 +163,35 @@ def verify_opening(
     indices = [o.index for o in openings]
     r, br = b_pool.fingerprint(challenge.seed_b, n)
     b = b_pool.get(challenge.seed_b, n)
-    if challenge.steps == 1:
+    steps, held = challenge.steps, challenge.held
+    first_held = steps - held + 1  # X_first_held .. X_steps are the held states
+    states: list[npt.NDArray[np.int32]] = []
+
+    def keep(t: int, product_rows: npt.NDArray[np.int32]) -> None:
+        if held and t >= first_held:
+            states.append(product_rows)
+
+    if steps == 1:
         left_rows = matrix_rows(challenge.seed_a, n, indices)
     else:  # follow the k rows through the first steps - 1 links (k/n of the agent's work)
-        left_rows = fold(chain_rows(challenge.seed_a, b, n, indices, challenge.steps - 1)[1])
+        left_rows = fold(chain_rows(challenge.seed_a, b, n, indices, steps - 1, keep)[1])
     for i, row, left in zip(indices, rows, left_rows.astype(np.int64), strict=True):
         if int(row.astype(np.int64) @ r) != int(left @ br):  # Freivalds on the last link
             want = (left.astype(np.float32) @ b).astype(np.int32)
             differs = np.flatnonzero(row != want)
             column = int(differs[0]) if differs.size else -1
             return Outcome(False, f"row {i} differs from the product at column {column}")
-    return Outcome(True, f"{len(indices)} rows proven and equal to the product")
+    if not held:
+        return Outcome(True, f"{len(indices)} rows proven and equal to the product")
+    if sketch is None or challenge.memory_seed is None or set(sketch) != set(indices):
+        return Outcome(False, "the memory sketch is missing at the opened rows")
+    states.append(np.stack(rows))  # X_steps: the opened rows, just proven equal to it
+    want_s = sketch_of(states, sketch_vectors(challenge.memory_seed, n, held))
+    for i, value in zip(indices, want_s.tolist(), strict=True):
+        if sketch[i] != value:
+            return Outcome(
+                False,
+                f"the memory sketch at row {i} is {sketch[i]}, not {value}: the device did "
+                f"not hold its last {held} states",
+            )
+    return Outcome(True, f"{len(indices)} rows proven, and the sketch of {held} held states")

@@ -30,13 +30,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gpupool.domain.challenge import (
+    MAX_STEPS,
+    STATE_BYTES_PER_ENTRY,
     chain_steps,
     expected_flops,
+    memory_deadline,
+    memory_steps,
     pick_rows,
     throughput_verdict,
     timed_flops,
 )
-from gpupool.domain.errors import Conflict, NotFound
+from gpupool.domain.errors import Conflict, InvalidRequest, NotFound
 from gpupool.domain.models import Device, DeviceKind, DeviceStatus
 from gpupool.domain.stake import SlashReason
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
@@ -44,7 +48,7 @@ from gpupool.services.ids import new_id
 from gpupool.services.ports import ChallengeRecord, Clock, Database, Transaction
 from gpupool.services.stake import in_pool, slash
 
-OPEN_STATES = ("issued", "answered")
+OPEN_STATES = ("issued", "probing", "answered")
 RETRIED = (DeviceStatus.IDLE, DeviceStatus.UNSUPPORTED)  # blocked devices never are
 ABANDONED = "abandoned after its rows were known: "
 B_SEEDS = 4  # B matrices kept materialised; A is fresh for every challenge
@@ -56,7 +60,14 @@ class Sizing:
 
     gpu_size: int = 8192  # n for a GPU whose expected throughput is known
     target_seconds: float = 3.0  # what an honest device of the claimed model computes for
-    max_steps: int = 256  # bounds the coordinator's check, k (steps - 1) n^2 multiply-adds
+    max_steps: int = MAX_STEPS  # bounds the coordinator's check, k (steps - 1) n^2 multiply-adds
+    # The memory phase (docs/challenge.md, "Memory: the held states"): the device holds its
+    # last states, `memory_fraction` of the claimed memory as float32, and answers a sketch of
+    # them within `memory_floor_seconds` plus one read of them at `memory_bandwidth` bytes/s
+    # (twice what a PCIe 5.0 x16 link carries: host memory cannot stand in for HBM).
+    memory_fraction: float = 0.75
+    memory_floor_seconds: float = 0.3
+    memory_bandwidth: float = 128e9
     rtt_allowance_seconds: float = 0.05  # credited back, at most half the elapsed time
     # Rows opened of a chain (steps > 1): each costs the coordinator (steps - 1) n^2, so a
     # chain opens fewer than a single product; the timing, not the row count, is what
@@ -64,13 +75,39 @@ class Sizing:
     # probability 1 - (1 - fraction)^chain_rows per challenge and slashed.
     chain_rows: int = 2
 
-    def shape(self, expected: float | None, cpu_size: int) -> tuple[int, int]:
-        """(n, steps) for a device expected to reach `expected` FLOP/s; a device with no
-        expected figure (a CPU core group, an unknown model) gets one product at `cpu_size`."""
+    def shape(
+        self, expected: float | None, cpu_size: int, memory_bytes: int = 0
+    ) -> tuple[int, int, int]:
+        """(n, steps, held) for a device expected to reach `expected` FLOP/s and claiming
+        `memory_bytes`: the chain is long enough for the target time and for the held states
+        (at most max_steps). A device with no expected figure (a CPU core group, an unknown
+        model) gets one product at `cpu_size` and no memory phase."""
         if expected is None:
-            return cpu_size, 1
+            return cpu_size, 1, 0
         n = self.gpu_size
-        return n, chain_steps(expected, n, self.target_seconds, self.max_steps)
+        # (at most n: the sketch's vectors are rows of one n x n challenge matrix)
+        held = min(self.max_steps, n, memory_steps(memory_bytes, n, self.memory_fraction))
+        timed = chain_steps(expected, n, self.target_seconds, self.max_steps)
+        return n, max(timed, held), held
+
+    def memory_deadline(self, n: int, held: int) -> float:
+        working_set = held * STATE_BYTES_PER_ENTRY * n * n
+        return memory_deadline(working_set, self.memory_floor_seconds, self.memory_bandwidth)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryProbe:
+    """What the agent gets once its root is in, for a challenge with a memory phase."""
+
+    seed: str
+    held: int
+    deadline_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    rows: list[int]  # open these; empty while a memory probe is outstanding
+    memory: MemoryProbe | None = None
 
 
 class Challenges:
@@ -145,7 +182,8 @@ class Challenges:
                 due = old or (device.status is DeviceStatus.IDLE and not device.verified)
                 if not due:
                     continue
-                n, steps = self.sizing.shape(self.expected(tx, device), self.size)
+                memory = device.spec.memory_mb * 2**20
+                n, steps, held = self.sizing.shape(self.expected(tx, device), self.size, memory)
                 record = ChallengeRecord(
                     id=new_id("ch"),
                     device_id=device.id,
@@ -156,6 +194,7 @@ class Challenges:
                     seed_b=self.pool_seed(),
                     state="issued",
                     issued_at=now,
+                    held=held,
                 )
                 tx.proofs.add_challenge(record)
                 tx.workers.set_verification(device.id, verified=False, at=now)
@@ -195,8 +234,9 @@ class Challenges:
 
     def answer(
         self, worker_id: str, challenge_id: str, root: str, compute_seconds: float
-    ) -> list[int]:
-        """Take the committed Merkle root; only now choose which rows to open."""
+    ) -> Answer:
+        """Take the committed Merkle root; only now choose which rows to open, or, for a
+        challenge with a memory phase, the seed of the sketch (the rows come after it)."""
         now = self._clock.now()
         with self._db.transaction() as tx:
             c = self._own(tx, worker_id, challenge_id)
@@ -205,21 +245,55 @@ class Challenges:
             late = now - c.issued_at > self.deadline(c)
             if late:  # judged now, whether or not the ticker has expired it yet
                 self._finish(tx, c, "failed", "the root came after the deadline", now)
-                rows: list[int] = []
-            else:  # a chain opens fewer rows (docs/challenge.md, "Sizing and timing")
-                k = self.rows if c.steps == 1 else min(self.rows, self.sizing.chain_rows)
-                rows = pick_rows(self._random(32), c.n, min(k, c.n))
-                answered = replace(
-                    c,
-                    state="answered",
-                    root=root,
-                    rows=tuple(rows),
-                    compute_seconds=compute_seconds,
-                    answered_at=now,
-                )
-                tx.proofs.save_challenge(answered)
+                out = Answer([])
+            else:
+                c = replace(c, root=root, compute_seconds=compute_seconds, answered_at=now)
+                if c.held and c.lease_id is None:
+                    c = replace(
+                        c, state="probing", memory_seed=self._random(8).hex(), probed_at=now
+                    )
+                    tx.proofs.save_challenge(c)
+                    deadline = self.sizing.memory_deadline(c.n, c.held)
+                    out = Answer([], MemoryProbe(c.memory_seed or "", c.held, deadline))
+                else:
+                    out = Answer(self._pick_rows(tx, c))
         if late:  # refused once the judgement is committed
             raise Conflict(f"challenge {challenge_id} is past its deadline")
+        return out
+
+    def sketch(self, worker_id: str, challenge_id: str, values: Sequence[int]) -> list[int]:
+        """Take the memory sketch S on the coordinator's clock; a late one means the held
+        states were not in device memory (or not held at all): the device is unsupported. In
+        time, the rows to open are chosen now, and S is kept at those rows for the check."""
+        now = self._clock.now()
+        with self._db.transaction() as tx:
+            c = self._own(tx, worker_id, challenge_id)
+            if c.state != "probing" or c.probed_at is None:
+                raise Conflict(f"challenge {challenge_id} is {c.state}; it asks for no sketch")
+            if len(values) != c.n:
+                raise InvalidRequest(f"the sketch has {len(values)} values, expected {c.n}")
+            took, allowed = now - c.probed_at, self.sizing.memory_deadline(c.n, c.held)
+            if took > allowed:
+                reason = (
+                    f"the sketch of {c.held} held states took {took:.3g} s, over the "
+                    f"{allowed:.3g} s a device holding them in its memory needs"
+                )
+                self._finish(tx, c, "failed", reason, now)
+                rows: list[int] = []
+            else:
+                rows = self._pick_rows(tx, c, values)
+        if not rows:
+            raise Conflict(f"challenge {challenge_id}: the sketch came too late")
+        return rows
+
+    def _pick_rows(
+        self, tx: Transaction, c: ChallengeRecord, sketch: Sequence[int] | None = None
+    ) -> list[int]:
+        # a chain opens fewer rows (docs/challenge.md, "Sizing and timing")
+        k = self.rows if c.steps == 1 else min(self.rows, self.sizing.chain_rows)
+        rows = pick_rows(self._random(32), c.n, min(k, c.n))
+        kept = tuple(int(sketch[i]) for i in rows) if sketch is not None else None
+        tx.proofs.save_challenge(replace(c, state="answered", rows=tuple(rows), sketch=kept))
         return rows
 
     def open(
@@ -230,8 +304,12 @@ class Challenges:
         # A long chain takes the check seconds: run it outside any transaction, then finish
         # only if nothing else (the deadline, a fail) finished the challenge meanwhile.
         assert c.root is not None and c.rows is not None
-        spec = ChallengeSpec(c.id, c.n, int(c.seed_a, 16), int(c.seed_b, 16), c.steps)
-        outcome = verify_opening(spec, c.root, list(openings), list(c.rows), self.pool)
+        memory_seed = int(c.memory_seed, 16) if c.memory_seed else None
+        spec = ChallengeSpec(
+            c.id, c.n, int(c.seed_a, 16), int(c.seed_b, 16), c.steps, c.held, memory_seed
+        )
+        sketch = dict(zip(c.rows, c.sketch, strict=True)) if c.sketch is not None else None
+        outcome = verify_opening(spec, c.root, list(openings), list(c.rows), self.pool, sketch)
         with self._db.transaction() as tx:
             c = self._answered(tx, worker_id, challenge_id)
             now = self._clock.now()

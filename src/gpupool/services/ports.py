@@ -194,7 +194,7 @@ class ChallengeRecord:
     n: int
     seed_a: str
     seed_b: str
-    state: str  # issued -> answered -> passed | failed | wrong
+    state: str  # issued -> [probing ->] answered -> passed | failed | wrong
     issued_at: float
     root: str | None = None
     rows: tuple[int, ...] | None = None
@@ -206,6 +206,10 @@ class ChallengeRecord:
     steps: int = 1  # chained multiplications, sized from the claimed model
     delivered_at: float | None = None  # the coordinator's clock when the agent first got it
     lease_id: str | None = None  # a spot check during this lease; None: an idle device's
+    held: int = 0  # states the memory sketch covers; 0: no memory phase
+    memory_seed: str | None = None  # sent once the root is in
+    probed_at: float | None = None  # the coordinator's clock when the seed went out
+    sketch: tuple[int, ...] | None = None  # the agent's S at `rows`, kept for the check
 
 
 class ProofRepo(Protocol):

@@ -93,7 +93,7 @@ class SpotChecks:
                         )
                     elif plan.issued_at <= now and member.device_id not in busy:
                         expected = self._challenges.expected(tx, devices[member.device_id])
-                        n, steps = self.sizing.shape(expected, self._challenges.size)
+                        n, steps, _ = self.sizing.shape(expected, self._challenges.size)
                         record = replace(
                             plan,
                             n=n,

@@ -175,6 +175,12 @@ class ChallengeOut(Response):
     lease_id: str | None = Field(
         None, description="Set for a spot check on a leased device: answer it beside the lease."
     )
+    held: int = Field(
+        0,
+        ge=0,
+        description="Keep the chain's last `held` states on the device: once the root is in, "
+        "a sketch of them is asked for (docs/challenge.md, 'Memory: the held states').",
+    )
 
 
 class ProbePeerOut(Response):
@@ -218,8 +224,31 @@ class ChallengeAnswerIn(Request):
     compute_seconds: float = Field(gt=0, le=86400)
 
 
+class MemoryProbeOut(Response):
+    seed: str = Field(description="The sketch vectors' seed: r_j is row j of its matrix.")
+    held: int = Field(description="States the sketch covers: X_(steps-held+1) .. X_steps.")
+    deadline_seconds: float = Field(
+        description="Time from this answer to the sketch's arrival, on the coordinator's clock."
+    )
+
+
 class ChallengeRowsOut(Response):
-    rows: list[int] = Field(description="Open these rows of the product, with Merkle proofs.")
+    rows: list[int] = Field(
+        description="Open these rows of the product, with Merkle proofs; empty while a "
+        "memory probe is outstanding."
+    )
+    memory: MemoryProbeOut | None = Field(
+        None, description="Send the sketch of the held states first; its answer names the rows."
+    )
+
+
+SKETCH_BOUND = 2**53  # |S| stays below it (domain.challenge's exactness argument)
+
+
+class SketchIn(Request):
+    values: list[Annotated[int, Field(strict=True, gt=-SKETCH_BOUND, lt=SKETCH_BOUND)]] = Field(
+        min_length=1, max_length=8192, description="S = sum_j X_(steps-held+1+j) r_j, exactly."
+    )
 
 
 class OpeningIn(Request):

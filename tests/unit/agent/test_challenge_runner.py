@@ -83,9 +83,12 @@ def test_gpu_backend_commits_to_the_same_root_as_numpy() -> None:
     assert gpu.backend in ("torch-cuda", "cupy")
     assert gpu.root == cpu.root
     # the chain: the fold between links must be the floor modulo on the device as well
-    gpu = run_challenge(n, SEED_A, SEED_B, backend="gpu", steps=5)
-    cpu = run_challenge(n, SEED_A, SEED_B, backend="numpy", steps=5)
+    gpu = run_challenge(n, SEED_A, SEED_B, backend="gpu", steps=5, held=3)
+    cpu = run_challenge(n, SEED_A, SEED_B, backend="numpy", steps=5, held=3)
     assert gpu.root == cpu.root
+    # the memory sketch over states held in device memory, exact in float64 there
+    assert gpu.sketch(0xFEED) == cpu.sketch(0xFEED)
+    gpu.release()
 
 
 def test_numpy_chain_equals_the_coordinators_rows() -> None:
@@ -123,3 +126,26 @@ def test_pooled_b_operands_are_kept_and_the_oldest_goes_first() -> None:
     cache.get(3, 64)  # so 2 goes
     assert cache.get(1, 64) is first
     assert cache.get(2, 64) is not None and len(cache._entries) == 2
+
+
+def test_the_chain_holds_its_last_states_and_sketches_them_exactly() -> None:
+    from gpupool.domain.challenge import chain_rows, operand, sketch_vectors
+
+    n, steps, held = 16, 6, 4
+    work = run_challenge(n, 5, 6, backend="numpy", steps=steps, held=held)
+    states: list[np.ndarray] = []
+    chain_rows(5, operand(6, n), n, list(range(n)), steps, lambda t, x: states.append(x))
+    assert len(work.held) == held
+    for kept, want in zip(work.held, states[-held:], strict=True):
+        assert np.array_equal(kept.astype(np.int32), want)
+    # S by Python integers, no floating point anywhere
+    r = sketch_vectors(0xABC, n, held).tolist()
+    exact = [
+        sum(int(v) * r[j][c] for j, x in enumerate(states[-held:]) for c, v in enumerate(x[i]))
+        for i in range(n)
+    ]
+    assert work.sketch(0xABC) == exact
+    work.release()
+    assert work.held == []
+    with pytest.raises(ValueError, match="cannot hold"):
+        run_challenge(n, 5, 6, backend="numpy", steps=2, held=3)

@@ -248,3 +248,14 @@ def test_the_round_trip_allowance_never_more_than_doubles_the_figure() -> None:
     assert timed_flops(64, 3, 2.0, 0.05) == pytest.approx(work / 1.95)
     assert timed_flops(64, 3, 0.04, 0.05) == pytest.approx(work / 0.02)  # capped at half
     assert timed_flops(64, 3, 0.0, 0.05) > 0
+
+
+def test_memory_steps_take_the_claimed_fraction_in_float32_states() -> None:
+    from gpupool.domain.challenge import memory_deadline, memory_steps
+
+    h100 = 81_559 * 2**20
+    assert memory_steps(h100, 8192, 0.75) == 239  # 64 GB of 256 MiB states
+    assert memory_steps(h100, 8192, 0.0) == 0 and memory_steps(0, 8192, 0.75) == 0
+    assert 239 * 4 * 8192**2 >= 0.75 * h100 > 238 * 4 * 8192**2
+    # one read of 64 GB at twice PCIe 5.0's rate, after a 0.3 s floor
+    assert memory_deadline(64 * 10**9, 0.3, 128e9) == pytest.approx(0.8)

@@ -155,3 +155,39 @@ def test_one_wrong_entry_in_the_last_link_is_caught_when_its_row_is_opened() -> 
     work = tampered(run_challenge(N, spec.seed_a, spec.seed_b, "numpy", 3), row=5, column=9)
     outcome = verify_opening(spec, work.root, openings(work, [5]), [5], BPool())
     assert not outcome.ok and outcome.reason == "row 5 differs from the product at column 9"
+
+
+def test_the_memory_sketch_is_checked_at_the_opened_rows() -> None:
+    n, steps, held, seed = 32, 5, 3, 0x5EED
+    spec = ChallengeSpec("ch-m", n, 11, 12, steps, held, seed)
+    work = run_challenge(n, spec.seed_a, spec.seed_b, "numpy", steps, held)
+    s = work.sketch(seed)
+    rows = [2, 17]
+    opened = openings(work, rows)
+    pool = BPool()
+    good = verify_opening(spec, work.root, opened, rows, pool, {i: s[i] for i in rows})
+    assert good.ok, good.reason
+    bad = verify_opening(spec, work.root, opened, rows, pool, {2: s[2], 17: s[17] + 1})
+    assert not bad.ok and "row 17" in bad.reason and f"last {held} states" in bad.reason
+    missing = verify_opening(spec, work.root, opened, rows, pool, None)
+    assert not missing.ok and "missing" in missing.reason
+
+
+def test_the_default_sizing_holds_three_quarters_of_the_claimed_memory() -> None:
+    from gpupool.domain.challenge import expected_flops
+    from gpupool.services.challenges import Sizing
+
+    sizing = Sizing()
+    h100 = expected_flops("NVIDIA H100 80GB HBM3")
+    # 80 GB: the held states make the chain longer than the 137 links of 3 s
+    assert sizing.shape(h100, 2048, 81_559 * 2**20) == (8192, 239, 239)
+    # 24 GB: 3 s of compute is the longer part; the sketch covers its last 72 links
+    assert sizing.shape(expected_flops("NVIDIA GeForce RTX 4090"), 2048, 24_564 * 2**20) == (
+        8192,
+        137,
+        72,
+    )
+    # 141 GB: capped at max_steps, 96 GiB held (still over half)
+    assert sizing.shape(expected_flops("NVIDIA H200"), 2048, 143_771 * 2**20)[2] == 384
+    assert sizing.shape(None, 2048, 81_559 * 2**20) == (2048, 1, 0)  # CPUs: no memory phase
+    assert sizing.memory_deadline(8192, 239) == pytest.approx(0.3 + 239 * 4 * 8192**2 / 128e9)

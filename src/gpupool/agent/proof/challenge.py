@@ -29,37 +29,61 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from gpupool.crypto.merkle import MerkleTree, row_leaves
-from gpupool.domain.challenge import fold, matrix_rows, operand
+from gpupool.domain.challenge import fold, matrix_rows, operand, sketch_of, sketch_vectors
 
 BACKENDS = ("auto", "gpu", "numpy", "torch-cuda", "cupy")
-# (A, B, steps) -> (the chain's last product, seconds of the timed multiplications)
-Multiply = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32], int], tuple[Any, float]]
+
+
+class Backend(NamedTuple):
+    """One way to run the chain. `multiply(A, B, steps, held)` returns the last product, the
+    seconds of the timed multiplications and the last `held` states, left where they were
+    computed (device memory on a GPU); `sketch(states, vectors)` is S = sum_j states[j] r_j,
+    exactly, as int64 on the host."""
+
+    multiply: Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32], int, int], Any]
+    sketch: Callable[[list[Any], npt.NDArray[np.int8]], npt.NDArray[np.int64]]
+    release: Callable[[], None] = lambda: None  # give the device's memory back
 
 
 class ChallengeUnsupported(RuntimeError):
     """The requested backend cannot run here (no GPU library, no device)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChallengeWork:
     n: int
     product: npt.NDArray[np.int32]
     tree: MerkleTree
     compute_seconds: float
     backend: str
+    held: list[Any] = field(default_factory=list)  # the last states, for the memory sketch
+    engine: Backend | None = None
 
     @property
     def root(self) -> str:
         return self.tree.root
+
+    def sketch(self, seed: int) -> list[int]:
+        """S over the held states (docs/challenge.md, "Memory: the held states")."""
+        if not self.held or self.engine is None:
+            raise ChallengeUnsupported("this challenge's states were not held")
+        vectors = sketch_vectors(seed, self.n, len(self.held))
+        return [int(v) for v in self.engine.sketch(self.held, vectors)]
+
+    def release(self) -> None:
+        """Drop the held states (once the rows are open: they are the device's memory)."""
+        self.held.clear()
+        if self.engine is not None:
+            self.engine.release()
 
 
 def _import(name: str) -> ModuleType | None:
@@ -72,18 +96,26 @@ def _import(name: str) -> ModuleType | None:
 
 
 def _numpy_multiply(
-    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1
-) -> tuple[npt.NDArray[np.int32], float]:
+    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1, held: int = 0
+) -> tuple[npt.NDArray[np.int32], float, list[npt.NDArray[np.float32]]]:
     _ = a[:64, :64] @ b[:64, :64]  # start BLAS's threads outside the timing
+    kept: list[npt.NDArray[np.float32]] = []
     started = time.perf_counter()
     c = a @ b
-    for _ in range(steps - 1):
+    for t in range(2, steps + 1):
+        if held and t - 1 > steps - held:  # X_(t-1) is one of the last `held` states
+            kept.append(c)
         c = fold(c.astype(np.int32)).astype(np.float32) @ b
     seconds = time.perf_counter() - started
-    return c.astype(np.int32), seconds
+    if held:
+        kept.append(c)
+    return c.astype(np.int32), seconds, kept
 
 
-def _torch_backend() -> Multiply | None:
+NUMPY = Backend(_numpy_multiply, sketch_of)
+
+
+def _torch_backend() -> Backend | None:
     torch = _import("torch")
     try:
         if torch is None or not torch.cuda.is_available():
@@ -92,32 +124,48 @@ def _torch_backend() -> Multiply | None:
         return None
 
     def multiply(
-        a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1
-    ) -> tuple[Any, float]:
+        a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1, held: int = 0
+    ) -> tuple[Any, float, list[Any]]:
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
+        kept: list[Any] = []
         try:
             da, db = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
             torch.matmul(da, db)  # warm-up: cuBLAS handle, workspace, kernel choice
             torch.cuda.synchronize()
             started = time.perf_counter()
             dc = torch.matmul(da, db)
-            for _ in range(steps - 1):  # g in int32: remainder has the floor sign, as specified
+            del da
+            for t in range(2, steps + 1):  # g in int32: remainder has the floor sign
+                if held and t - 1 > steps - held:
+                    kept.append(dc)  # stays in device memory: that is what is proven
                 folded = torch.remainder(dc.to(torch.int32), 17) - 8
                 dc = torch.matmul(folded.to(torch.float32), db)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - started
+            if held:
+                kept.append(dc)
             product = dc.to(torch.int32).cpu().numpy()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
-        del da, db, dc
-        torch.cuda.empty_cache()  # the device goes back to renters' leases afterwards
-        return product, seconds
+        del db, dc
+        if not held:
+            torch.cuda.empty_cache()  # the device goes back to renters' leases afterwards
+        return product, seconds, kept
 
-    return multiply
+    def sketch(states: list[Any], vectors: npt.NDArray[np.int8]) -> npt.NDArray[np.int64]:
+        # float64 is exact here (|S| < 2^53) and a matrix-vector product is memory-bound, so
+        # even a card with slow FP64 reads each state at its memory bandwidth.
+        r = torch.from_numpy(vectors.astype(np.float64)).cuda()
+        total = torch.zeros(states[0].shape[0], dtype=torch.float64, device="cuda")
+        for j, state in enumerate(states):
+            total += torch.mv(state.to(torch.float64), r[j])
+        return np.asarray(total.to(torch.int64).cpu().numpy(), dtype=np.int64)
+
+    return Backend(multiply, sketch, torch.cuda.empty_cache)
 
 
-def _cupy_backend() -> Multiply | None:
+def _cupy_backend() -> Backend | None:
     cupy = _import("cupy")
     try:
         if cupy is None or cupy.cuda.runtime.getDeviceCount() == 0:
@@ -126,44 +174,58 @@ def _cupy_backend() -> Multiply | None:
         return None
 
     def multiply(
-        a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1
-    ) -> tuple[Any, float]:
+        a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], steps: int = 1, held: int = 0
+    ) -> tuple[Any, float, list[Any]]:
+        kept: list[Any] = []
         da, db = cupy.asarray(a), cupy.asarray(b)
         cupy.matmul(da, db)  # warm-up
         cupy.cuda.Device().synchronize()
         started = time.perf_counter()
         dc = cupy.matmul(da, db)
-        for _ in range(steps - 1):  # CuPy's % on integers is the floor modulo, as NumPy's
+        del da
+        for t in range(2, steps + 1):  # CuPy's % on integers is the floor modulo, as NumPy's
+            if held and t - 1 > steps - held:
+                kept.append(dc)
             folded = dc.astype(cupy.int32) % 17 - 8
             dc = cupy.matmul(folded.astype(cupy.float32), db)
         cupy.cuda.Device().synchronize()
         seconds = time.perf_counter() - started
+        if held:
+            kept.append(dc)
         product = cupy.asnumpy(dc.astype(cupy.int32))
-        del da, db, dc
-        cupy.get_default_memory_pool().free_all_blocks()
-        return product, seconds
+        del db, dc
+        if not held:
+            cupy.get_default_memory_pool().free_all_blocks()
+        return product, seconds, kept
 
-    return multiply
+    def sketch(states: list[Any], vectors: npt.NDArray[np.int8]) -> npt.NDArray[np.int64]:
+        r = cupy.asarray(vectors.astype(np.float64))
+        total = cupy.zeros(states[0].shape[0], dtype=cupy.float64)
+        for j, state in enumerate(states):
+            total += state.astype(cupy.float64) @ r[j]
+        return np.asarray(cupy.asnumpy(total.astype(cupy.int64)), dtype=np.int64)
+
+    return Backend(multiply, sketch, cupy.get_default_memory_pool().free_all_blocks)
 
 
-GPU_BACKENDS: dict[str, Callable[[], Multiply | None]] = {
+GPU_BACKENDS: dict[str, Callable[[], Backend | None]] = {
     "torch-cuda": _torch_backend,
     "cupy": _cupy_backend,
 }
 
 
-def select_backend(backend: str = "auto") -> tuple[str, Multiply]:
-    """The backend's name and its timed multiplication; ChallengeUnsupported if unavailable."""
+def select_backend(backend: str = "auto") -> tuple[str, Backend]:
+    """The backend's name and its engine; ChallengeUnsupported if unavailable."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
     if backend == "numpy":
-        return "numpy", _numpy_multiply
+        return "numpy", NUMPY
     for name in [backend] if backend in GPU_BACKENDS else list(GPU_BACKENDS):
-        multiply = GPU_BACKENDS[name]()
-        if multiply is not None:
-            return name, multiply
+        engine = GPU_BACKENDS[name]()
+        if engine is not None:
+            return name, engine
     if backend == "auto":
-        return "numpy", _numpy_multiply
+        return "numpy", NUMPY
     raise ChallengeUnsupported(f"backend {backend!r}: no usable torch.cuda or CuPy device")
 
 
@@ -217,18 +279,20 @@ B_OPERANDS = OperandCache()
 
 
 def run_challenge(
-    n: int, seed_a: int, seed_b: int, backend: str = "auto", steps: int = 1
+    n: int, seed_a: int, seed_b: int, backend: str = "auto", steps: int = 1, held: int = 0
 ) -> ChallengeWork:
-    """Generate A and B, run the chain of `steps` products on the chosen backend, and commit
-    to the last product."""
+    """Generate A and B, run the chain of `steps` products on the chosen backend keeping the
+    last `held` states where they were computed, and commit to the last product."""
     if steps < 1:
         raise ValueError("a chain has at least one step")
-    name, multiply = select_backend(backend)
+    if not 0 <= held <= steps:
+        raise ValueError(f"cannot hold {held} states of a {steps}-link chain")
+    name, engine = select_backend(backend)
     a, b = host_operand(seed_a, n), B_OPERANDS.get(seed_b, n)
-    product, seconds = multiply(a, b, steps)
+    product, seconds, kept = engine.multiply(a, b, steps, held)
     product = np.ascontiguousarray(product, dtype=np.int32)
     tree = MerkleTree(row_leaves(product, HOST_THREADS))
-    return ChallengeWork(n, product, tree, seconds, name)
+    return ChallengeWork(n, product, tree, seconds, name, kept, engine)
 
 
 def open_rows(work: ChallengeWork, indices: Sequence[int]) -> list[dict[str, Any]]:

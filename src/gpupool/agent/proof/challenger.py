@@ -47,7 +47,7 @@ class Challenger:
         # the lease's cores would be a foreign process to the lease's guard.
         if spec is not None and spec.kind is DeviceKind.CPU and spec.cores and not c.lease_id:
             return run_pinned(c.n, seed_a, seed_b, spec.cores, c.steps)  # on its own cores
-        return run_challenge(c.n, seed_a, seed_b, steps=c.steps)
+        return run_challenge(c.n, seed_a, seed_b, steps=c.steps, held=c.held)
 
     def solve(self, c: w.ChallengeOut) -> w.ChallengeResultOut | None:
         try:
@@ -61,11 +61,16 @@ class Challenger:
             except LinkError:
                 return None
         try:
-            rows = self.link.challenge_answer(c.id, work.root, work.compute_seconds)
+            answer = self.link.challenge_answer(c.id, work.root, work.compute_seconds)
+            rows = answer.rows
+            if answer.memory is not None:  # the held states' sketch first, on a short clock
+                rows = self.link.challenge_sketch(c.id, work.sketch(int(answer.memory.seed, 16)))
             result = self.link.challenge_open(c.id, open_rows(work, rows))
         except LinkError as exc:
             log.warning("event=challenge_not_sent challenge=%s reason=%s", c.id, exc.message)
             return None
+        finally:
+            work.release()
         log.info(
             "event=challenge_done challenge=%s device=%s state=%s gflops=%.1f backend=%s",
             c.id,

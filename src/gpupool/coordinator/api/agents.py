@@ -50,6 +50,7 @@ def _assignments(
                 seed_b=c.seed_b,
                 steps=c.steps,
                 lease_id=c.lease_id,
+                held=c.held,
             )
             for c in svc.challenges.pending(worker_id)
         ],
@@ -191,10 +192,26 @@ def _challenge_result(c: ChallengeRecord) -> w.ChallengeResultOut:
 async def challenge_answer(
     challenge_id: str, body: w.ChallengeAnswerIn, worker_id: WorkerDep, svc: ServicesDep
 ) -> w.ChallengeRowsOut:
-    """Commit to the product's Merkle root; the answer names the rows to open."""
-    rows = await run_in_threadpool(
+    """Commit to the product's Merkle root; the answer names the rows to open, or first asks
+    for the sketch of the held states."""
+    out = await run_in_threadpool(
         svc.challenges.answer, worker_id, challenge_id, body.root, body.compute_seconds
     )
+    probe = out.memory
+    memory = (
+        w.MemoryProbeOut(seed=probe.seed, held=probe.held, deadline_seconds=probe.deadline_seconds)
+        if probe is not None
+        else None
+    )
+    return w.ChallengeRowsOut(rows=out.rows, memory=memory)
+
+
+@router.post("/challenges/{challenge_id}/sketch")
+async def challenge_sketch(
+    challenge_id: str, body: w.SketchIn, worker_id: WorkerDep, svc: ServicesDep
+) -> w.ChallengeRowsOut:
+    """The memory sketch, timed on the coordinator's clock; the answer names the rows."""
+    rows = await run_in_threadpool(svc.challenges.sketch, worker_id, challenge_id, body.values)
     return w.ChallengeRowsOut(rows=rows)
 
 

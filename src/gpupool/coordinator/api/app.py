@@ -71,6 +71,9 @@ def build_services(
             target_seconds=settings.challenge_seconds,
             max_steps=settings.challenge_max_steps,
             rtt_allowance_seconds=settings.challenge_rtt_allowance_seconds,
+            memory_fraction=settings.challenge_memory_fraction,
+            memory_floor_seconds=settings.challenge_memory_floor_seconds,
+            memory_bandwidth=settings.challenge_memory_bandwidth,
         ),
     )
     return Services(

@@ -262,6 +262,10 @@ def _challenge_values(r: ChallengeRecord) -> dict[str, Any]:
         "steps": r.steps,
         "delivered_at": r.delivered_at,
         "lease_id": r.lease_id,
+        "held": r.held,
+        "memory_seed": r.memory_seed,
+        "probed_at": r.probed_at,
+        "sketch": [str(v) for v in r.sketch] if r.sketch is not None else None,
     }
 
 
@@ -285,4 +289,9 @@ def _challenge(row: Any) -> ChallengeRecord:
         steps=row.steps,
         delivered_at=row.delivered_at,
         lease_id=row.lease_id,
+        held=row.held,
+        memory_seed=row.memory_seed,
+        probed_at=row.probed_at,
+        # JSON keeps them as strings: S reaches 2^43, past what some JSON readers keep exact
+        sketch=tuple(int(v) for v in row.sketch) if row.sketch is not None else None,
     )

@@ -216,6 +216,10 @@ challenges = sa.Table(
     sa.Column("steps", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("delivered_at", sa.Double),
     sa.Column("lease_id", sa.String(32)),  # spot checks: the lease they ran under
+    sa.Column("held", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("memory_seed", sa.String(16)),
+    sa.Column("probed_at", sa.Double),
+    sa.Column("sketch", sa.JSON),  # the memory sketch's entries at the opened rows
     sa.Index("ix_challenges_device", "device_id"),
     sa.Index("ix_challenges_state", "state"),
     sa.Index("ix_challenges_lease", "lease_id"),
