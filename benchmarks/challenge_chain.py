@@ -10,8 +10,9 @@ the number of links. Measured here, on this machine's CPU:
   GPU also pays inside the timed window;
 - one link (an n x n by n x n product and the fold) with NumPy, from which a CPU answering
   the whole chain correctly is extrapolated: what an impersonating CPU would need;
-- the coordinator's check end to end on correct openings: following k rows through the
-  first steps - 1 links, the Freivalds test on the last, and k Merkle proofs.
+- the coordinator's check end to end on correct openings and a correct memory sketch:
+  following k rows through the first steps - 1 links, the Freivalds test on the last, k
+  Merkle proofs, and the sketch at the k rows.
 An honest GPU's time is the sizing target (no GPU is on this machine); the ratio an honest
 device reaches on the coordinator's clock is target / (target + fixed host work). The last
 line is JSON.
@@ -37,11 +38,14 @@ from gpupool.domain.challenge import (
     fold,
     operand,
     pick_rows,
+    sketch_of,
+    sketch_vectors,
 )
 from gpupool.services.capability import BPool, ChallengeSpec, Opening, verify_opening
 from gpupool.services.challenges import Sizing
 
-CLASSES = ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "Tesla T4")
+# Each class with the memory NVML reports for it (MiB): the memory phase's held states.
+CLASSES = {"NVIDIA H100 80GB HBM3": 81_559, "NVIDIA A100-SXM4-80GB": 81_920, "Tesla T4": 15_360}
 
 
 def host_work(n: int) -> tuple[float, float]:
@@ -65,14 +69,18 @@ def one_link(n: int) -> float:
     return (time.perf_counter() - started) / 2
 
 
-def check(n: int, steps: int, k: int) -> float:
-    """The coordinator's check on correct openings, B already in a warm pool."""
-    seed_a, seed_b = (int.from_bytes(secrets.token_bytes(8), "little") for _ in range(2))
+def check(n: int, steps: int, held: int, k: int) -> float:
+    """The coordinator's check on correct openings and a correct sketch, B already in a warm
+    pool."""
+    seed_a, seed_b, seed_m = (int.from_bytes(secrets.token_bytes(8), "little") for _ in range(3))
     pool = BPool(capacity=1)
     b = pool.get(seed_b, n)
     pool.fingerprint(seed_b, n)
     rows = pick_rows(secrets.token_bytes(16), n, k)
-    _, product = chain_rows(seed_a, b, n, rows, steps)
+    states: list[np.ndarray] = []
+    _, product = chain_rows(seed_a, b, n, rows, steps, lambda t, x: states.append(x))
+    s = sketch_of(states[steps - held :], sketch_vectors(seed_m, n, held)) if held else None
+    sketch = {i: int(v) for i, v in zip(rows, s, strict=True)} if s is not None else None
     # A tree over only the opened rows' leaves would not be the agent's tree; build a real
     # one over an n-row matrix holding the opened rows in their places.
     full = np.zeros((n, n), dtype=np.int32)
@@ -80,9 +88,8 @@ def check(n: int, steps: int, k: int) -> float:
     tree = MerkleTree(row_leaves(full))
     openings = [Opening(i, full[i].tolist(), tree.proof(i)) for i in rows]
     started = time.perf_counter()
-    outcome = verify_opening(
-        ChallengeSpec("b", n, seed_a, seed_b, steps), tree.root, openings, rows, pool
-    )
+    spec = ChallengeSpec("b", n, seed_a, seed_b, steps, held, seed_m)
+    outcome = verify_opening(spec, tree.root, openings, rows, pool, sketch)
     seconds = time.perf_counter() - started
     assert outcome.ok, outcome.reason
     return seconds
@@ -96,8 +103,8 @@ def main() -> None:
     generated, hashed = host_work(sizing.gpu_size)
     link = one_link(sizing.gpu_size)
     out = []
-    for model in CLASSES:
-        n, steps = sizing.shape(expected_flops(model), 2048)
+    for model, memory_mb in CLASSES.items():
+        n, steps, held = sizing.shape(expected_flops(model), 2048, memory_mb * 2**20)
         expected = expected_flops(model) or 0
         honest = challenge_flops(n, steps) / expected
         elapsed = honest + generated + hashed
@@ -106,6 +113,7 @@ def main() -> None:
             "model": model,
             "n": n,
             "steps": steps,
+            "held": held,
             "gflop": round(challenge_flops(n, steps) / 1e9),
             "honest_gpu_compute_s": round(honest, 2),
             "host_work_s": round(generated + hashed, 2),
@@ -115,11 +123,11 @@ def main() -> None:
             "cpu_impersonator_ratio": round(
                 challenge_flops(n, steps) / expected / (link * steps), 4
             ),
-            "verify_s": round(check(n, steps, args.k), 3),
+            "verify_s": round(check(n, steps, held, args.k), 3),
         }
         out.append(row)
         print(
-            f"{model}: n={n} links={steps} ({row['gflop']} GFLOP); honest GPU "
+            f"{model}: n={n} links={steps} held={held} ({row['gflop']} GFLOP); honest GPU "
             f"{row['honest_gpu_compute_s']} s + host {row['host_work_s']} s -> ratio "
             f"{row['honest_ratio_on_coordinator_clock']} ({row['honest_ratio_cold_b']} with B "
             f"not yet kept; passes at {MIN_RATIO}); CPU "
