@@ -14,6 +14,7 @@ import pytest
 
 from gpupool.agent.sandbox.cgroup import find_cpuset_root
 from gpupool.agent.sandbox.cpusets import CpuPartition
+from gpupool.agent.sandbox.procs import read_process
 
 ROOT = find_cpuset_root()
 CORES = sorted(os.sched_getaffinity(0))
@@ -25,11 +26,9 @@ LEASED, FREE = CORES[-1], CORES[0]
 
 
 def cpuset_of(pid: int) -> str:
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "cpuset" in controllers.split(","):
-            return path
-    return ""
+    info = read_process(Path(f"/proc/{pid}"))
+    assert info is not None
+    return info.cpuset
 
 
 def lease_cpuset(worker: str, lease: str, cores: list[int]) -> Path:

@@ -54,6 +54,12 @@ class PartitionState:
     skipped: int = 0  # processes that could not move (kernel threads, exits)
 
 
+def is_lease_cpuset(path: str, prefix: str = LEASE_PREFIX, system: str = SYSTEM_NAME) -> bool:
+    """Whether a process's v1 cpuset path is some agent's lease: /gpupool-<worker>/<id>."""
+    parts = path.strip("/").split("/")
+    return len(parts) == 2 and parts[0].startswith(prefix) and parts[0] != system
+
+
 def _cpus(path: Path) -> frozenset[int]:
     try:
         return frozenset(parse_cpu_list(path.read_text()))
@@ -106,13 +112,7 @@ class CpuPartition:
         return "/" + self.system.name
 
     def is_lease_cpuset(self, path: str) -> bool:
-        """Whether a process's v1 cpuset path is some agent's lease: /gpupool-<worker>/<id>."""
-        parts = path.strip("/").split("/")
-        return (
-            len(parts) == 2
-            and parts[0].startswith(self.lease_prefix)
-            and parts[0] != self.system.name
-        )
+        return is_lease_cpuset(path, self.lease_prefix, self.system.name)
 
     def leased(self) -> frozenset[int]:
         """The union of the cores of every gpupool lease cpuset on the machine."""
