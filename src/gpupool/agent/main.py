@@ -21,6 +21,7 @@ from gpupool.agent.proof.prover import Prover
 from gpupool.agent.proof.recorder import ChainStore, Recorder
 from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
+from gpupool.agent.sandbox.cpusets import find_partition
 from gpupool.agent.sandbox.gpus import lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.settings import AgentSettings
@@ -52,7 +53,10 @@ def run_agent(settings: AgentSettings) -> None:
         )
         if all(d.kind is DeviceKind.CPU for d in devices):
             log.info("event=no_gpu note=offering %d CPU devices (NVML found no GPU)", len(devices))
-        sandboxes = Sandboxes(identity.worker_id, find_cgroup2_root(), find_cpuset_root())
+        cpuset_root = find_cpuset_root()
+        sandboxes = Sandboxes(
+            identity.worker_id, find_cgroup2_root(), cpuset_root, find_partition(cpuset_root)
+        )
         if sandboxes.kind != "cgroup2":
             log.warning("event=no_cgroup2 note=leases are isolated by process group only")
         link = CoordinatorLink(settings.coordinator_url, identity, settings.supplier_key)

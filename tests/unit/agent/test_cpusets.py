@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.agent.sandbox.cgroup import find_cpuset_root
-from gpupool.agent.sandbox.cpusets import CpuPartition
+from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
+from gpupool.agent.sandbox.cpusets import CpuPartition, _cpus
 from gpupool.agent.sandbox.procs import read_process
 
 ROOT = find_cpuset_root()
@@ -155,3 +155,23 @@ def test_lease_cpuset_paths_are_told_from_the_system_set_and_other_cpusets() -> 
     assert not part.is_lease_cpuset("/gpupool-w1")
     assert not part.is_lease_cpuset("/docker/abc")
     assert not part.is_lease_cpuset("/")
+
+
+def test_the_agents_sandboxes_refit_the_partition_as_a_lease_comes_and_goes(
+    tmp_path: Path,
+) -> None:
+    assert ROOT is not None
+    part = CpuPartition(
+        ROOT, system_name="gps-system", lease_prefix="gpupool-gps-", lock_dir=tmp_path
+    )
+    boxes = Sandboxes(f"gps-sb{os.getpid()}", find_cgroup2_root(), ROOT, part)
+    box = boxes.create("l1", [LEASED])
+    try:
+        assert _cpus(part.system / "cpuset.cpus") == set(CORES) - {LEASED}
+        assert cpuset_of(os.getpid()) == "/gps-system"
+    finally:
+        box.destroy()
+        boxes.release()
+        part.update()
+    assert not part.system.exists()
+    assert cpuset_of(os.getpid()) == "/"
