@@ -173,16 +173,16 @@ class CpuPartition:
         except OSError as exc:
             raise CpusetError(f"cannot set up the system cpuset {self.system}: {exc}") from exc
         pins = self._load_pins()
-        moved = skipped = 0
+        moved, skipped = 0, set()
         # Processes forked in the root while we move are caught by the next pass.
         for _ in range(3):
-            waiting = _procs(self.root)
+            waiting = [pid for pid in _procs(self.root) if pid not in skipped]
             if not waiting:
                 break
             for pid in waiting:
                 own = self._affinity(pid)
                 if not self._move(pid, self.system):
-                    skipped += 1
+                    skipped.add(pid)
                     continue
                 moved += 1
                 ident = _identity(pid)
@@ -190,7 +190,7 @@ class CpuPartition:
                     pins[ident] = sorted(own)
         self._save_pins(pins)
         self._repin(pins, free)
-        return moved, skipped
+        return moved, len(skipped)
 
     def _lift(self) -> None:
         if not self.system.is_dir():
