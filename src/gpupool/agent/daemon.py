@@ -291,6 +291,7 @@ class Agent:
         except SandboxError as exc:
             log.error("event=lease_teardown_failed lease=%s reason=%s", lease_id, exc)
             return  # try again on the next answer
+        self.sandboxes.repartition()  # the lease's cores go back to the system set
         if self.ray is not None:
             self.ray.cleanup(lease_id)  # after the sandbox: no Ray process holds its files
         del self.running[lease_id]

@@ -21,6 +21,8 @@ from gpupool.agent.proof.prover import Prover
 from gpupool.agent.proof.recorder import ChainStore, Recorder
 from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
+from gpupool.agent.sandbox.cpusets import find_partition
+from gpupool.agent.sandbox.gpus import lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, lock_state_dir
@@ -51,7 +53,10 @@ def run_agent(settings: AgentSettings) -> None:
         )
         if all(d.kind is DeviceKind.CPU for d in devices):
             log.info("event=no_gpu note=offering %d CPU devices (NVML found no GPU)", len(devices))
-        sandboxes = Sandboxes(identity.worker_id, find_cgroup2_root(), find_cpuset_root())
+        cpuset_root = find_cpuset_root()
+        sandboxes = Sandboxes(
+            identity.worker_id, find_cgroup2_root(), cpuset_root, find_partition(cpuset_root)
+        )
         if sandboxes.kind != "cgroup2":
             log.warning("event=no_cgroup2 note=leases are isolated by process group only")
         link = CoordinatorLink(settings.coordinator_url, identity, settings.supplier_key)
@@ -107,6 +112,9 @@ def run_agent(settings: AgentSettings) -> None:
         nvml = load_nvml() if any(d.kind is DeviceKind.GPU for d in devices) else None
         if nvml is not None:
             nvml.nvmlInit()  # the guard lists each GPU's processes through it
+        if nvml is not None and agent.ray is not None:
+            gpus = nvml  # a lease's Ray node sees exactly its GPUs, by UUID
+            agent.ray.device_env = lambda specs: lease_gpu_env(gpus, specs)
         guard = Guard(
             allow_exes=settings.guard_allow_exes,
             allow_cgroups=settings.guard_allow_cgroups,

@@ -103,6 +103,7 @@ class TaskRunner:
                 error = self._wait(folder)
             finally:
                 sandbox.destroy()
+                self.sandboxes.repartition()
             output = (folder / "output").read_bytes() if (folder / "output").exists() else b""
         if error is None and len(output) > MAX_OUTPUT_BYTES:
             error = f"the output is over {MAX_OUTPUT_BYTES} bytes"

@@ -26,6 +26,7 @@ class FakeGpu:
     name: str
     memory_bytes: int
     pci_bus_id: str = "00000000:01:00.0"
+    minor: int | None = None  # /dev/nvidia<minor>; None: its index on the fake machine
 
 
 @dataclass
@@ -117,6 +118,9 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, handle: FakeGpu) -> str:  # noqa: N802
         return handle.uuid
+
+    def nvmlDeviceGetMinorNumber(self, handle: FakeGpu) -> int:  # noqa: N802
+        return handle.minor if handle.minor is not None else self.gpus.index(handle)
 
     def nvmlDeviceGetName(self, handle: FakeGpu) -> bytes:  # noqa: N802
         return handle.name.encode()  # older pynvml releases return bytes

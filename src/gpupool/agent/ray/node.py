@@ -119,6 +119,8 @@ class RayNodes:
         self.overlay_address: Callable[[str], str | None] | None = None
         # True once the mesh is known to be off on this machine: stop waiting for it
         self.mesh_unavailable: Callable[[], bool] = lambda: False
+        # the environment that pins a member's processes to its leased GPUs (sandbox/gpus.py)
+        self.device_env: Callable[[Sequence[DeviceSpec]], dict[str, str]] = lambda _: {}
         self.object_store_bytes = object_store_bytes
         self.nodes: dict[str, LeaseNode] = {}
         self._lock = threading.Lock()
@@ -318,6 +320,7 @@ class RayNodes:
         rc_file.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV}
         env.update(node.scratch.env())
+        env.update(self.device_env([self.devices[d] for d in node.local_devices]))
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         node.sandbox.spawn(["/bin/sh", "-c", script, str(log_file), *argv], env=env)

@@ -14,6 +14,7 @@ leader of the lease's process group and a child subreaper that reaps the lease's
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gpupool.agent.sandbox.cpusets import CpuPartition, CpusetError
 from gpupool.agent.sandbox.procs import parse_cpu_list
 
 KILL_WAIT_SECONDS = 10.0
+log = logging.getLogger("gpupool.agent.sandbox")
 
 
 class SandboxError(Exception):
@@ -353,10 +356,26 @@ class Sandboxes:
     """Makes and re-attaches lease sandboxes of one worker, by the best means available."""
 
     def __init__(
-        self, worker_id: str, cgroup_root: Path | None, cpuset_root: Path | None = None
+        self,
+        worker_id: str,
+        cgroup_root: Path | None,
+        cpuset_root: Path | None = None,
+        partition: CpuPartition | None = None,
     ) -> None:
         self.root = cgroup_root / f"gpupool-{worker_id}" if cgroup_root else None
         self.cpuset_root = cpuset_root
+        self.partition = partition  # the system cpuset, refitted as lease cpusets come and go
+
+    def repartition(self) -> None:
+        """Fit the system cpuset to the leases now on the machine. A failure leaves the
+        machine's processes where they are (the guard still leaves the system set alone), so
+        it is logged, never a reason to fail a lease."""
+        if self.partition is None:
+            return
+        try:
+            self.partition.update()
+        except (CpusetError, OSError) as exc:
+            log.error("event=cpuset_partition_failed reason=%s", exc)
 
     @property
     def kind(self) -> str:
@@ -369,6 +388,8 @@ class Sandboxes:
             sandbox = CgroupSandbox.create(self.root, lease_id, cores, self.cpuset_root)
         else:
             sandbox = ProcessGroupSandbox(lease_id, cores=tuple(sorted(cores)))
+        if cores:
+            self.repartition()
         sandbox.spawn(_lease_init_argv())
         return sandbox
 
@@ -395,6 +416,7 @@ class Sandboxes:
         folder that still holds a lease stays, for the restarted agent to re-attach."""
         if self.root is None:
             return
+        self.repartition()  # lifted unless some agent's lease still holds cores
         folders = [self.root]
         if self.cpuset_root is not None:
             folders.append(self.cpuset_root / self.root.name)

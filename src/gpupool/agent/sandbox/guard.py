@@ -1,20 +1,22 @@
 """The guard: every sampling interval, who runs on each leased device, and a kill for every
-process that is neither the lease's nor on the short system allow-list.
+process that entered a lease's device from outside.
 
 Which processes are "on" a device:
 - GPU: the processes NVML lists as computing or drawing on it.
-- CPU core group: the processes pinned there: their CPU affinity lies entirely inside the
-  lease's cores on this worker and is narrower than the whole machine (`taskset -c 3
-  miner`). The machine's ordinary processes may run on every core and the scheduler spreads
-  them everywhere; counting them would kill sshd and the agent itself (and, when a lease
-  holds every core, everything). Keeping them off the leased cores is the supplier's
-  configuration (systemd `AllowedCPUs=` for its slices), outside what the guard decides.
+- CPU core group: the processes in the lease's cpuset, and the processes outside the system
+  cpuset (`cpusets.CpuPartition`) whose affinity lies entirely inside the lease's cores and
+  is narrower than the whole machine (`taskset -c 3 miner`). The machine's ordinary
+  processes are kept off leased cores by the partition, not by the guard: a process in the
+  system set cannot run on a leased core whatever its affinity says, so it is never looked
+  at; nor is a process in another gpupool lease's cpuset (another agent's lease on the same
+  machine, whose guard answers for it).
 
-Owner of a process: `lease` when the lease's sandbox holds it, `system` when allow-listed
-(kernel threads, pid 1, the agent itself and the helpers it starts, such as a capability
-challenge, listed executables, processes in listed cgroups),
-else `foreign`: killed with SIGKILL at once and recorded as a violation. A process is known
-by (pid, start time), so a reused pid is a new process.
+Owner of a process: `lease` when the lease's sandbox holds it; `system` when it is the
+agent's own work (the agent and its descendants that are in none of its leases, such as a
+capability challenge or spot check on a leased device) or allow-listed (kernel threads,
+pid 1, listed executables, processes in listed cgroups); else `foreign`: killed with SIGKILL
+at once and recorded as a violation. A process is known by (pid, start time), so a reused
+pid is a new process.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpupool.agent.sandbox.cgroup import Sandbox
+from gpupool.agent.sandbox.cgroup import CgroupSandbox, Sandbox
+from gpupool.agent.sandbox.cpusets import SYSTEM_NAME, is_lease_cpuset
 from gpupool.agent.sandbox.procs import ProcessInfo, list_processes, parse_cpu_list
 from gpupool.domain.models import DeviceKind
 
@@ -100,6 +103,7 @@ class Guard:
         proc_root: Path = Path("/proc"),
         thermal_root: Path = Path("/sys/class/thermal"),
         machine_cores: frozenset[int] | None = None,
+        system_cpuset: str = "/" + SYSTEM_NAME,
     ) -> None:
         self.allow_exes = frozenset(allow_exes)
         self.allow_cgroups = tuple(allow_cgroups)
@@ -111,24 +115,75 @@ class Guard:
         self.proc_root = proc_root
         self.thermal_root = thermal_root
         self.machine_cores = machine_cores if machine_cores is not None else online_cores()
+        self.system_cpuset = system_cpuset
         self._first_seen: dict[tuple[int, int], int] = {}
         self._cpu_times: dict[int, tuple[int, int]] = {}  # core -> (busy, total) at last scan
 
     # ownership ---------------------------------------------------------------------------
 
-    def is_system(self, p: ProcessInfo) -> bool:
+    def is_system(self, p: ProcessInfo, by_pid: dict[int, ProcessInfo], leased: set[int]) -> bool:
         return (
             p.kernel_thread
-            or p.pid in (1, self.agent_pid)
-            or p.ppid == self.agent_pid
+            or p.pid == 1
+            or self.is_agents_own(p, by_pid, leased)
             or (bool(p.exe) and p.exe in self.allow_exes)
             or any(p.cgroup2.startswith(prefix) for prefix in self.allow_cgroups)
         )
 
-    def owner(self, p: ProcessInfo, lease_pids: set[int]) -> str:
+    def is_agents_own(
+        self, p: ProcessInfo, by_pid: dict[int, ProcessInfo], leased: set[int]
+    ) -> bool:
+        """The agent, or a descendant of it whose line up to the agent passes through no
+        process of any lease: a lease's processes are the agent's descendants too (it spawns
+        their first process), and one that leaves its sandbox must not become the agent's."""
+        seen: set[int] = set()
+        current: ProcessInfo | None = p
+        while current is not None and current.pid not in seen:
+            if current.pid == self.agent_pid:
+                return True
+            if current.pid in leased or current.pid <= 1:
+                return False
+            seen.add(current.pid)
+            current = by_pid.get(current.ppid)
+        return False
+
+    def owner(
+        self,
+        p: ProcessInfo,
+        lease_pids: set[int],
+        by_pid: dict[int, ProcessInfo] | None = None,
+        leased: set[int] | None = None,
+    ) -> str:
         if p.pid in lease_pids:
             return "lease"
-        return "system" if self.is_system(p) else "foreign"
+        known = by_pid if by_pid is not None else {p.pid: p}
+        every_lease = leased if leased is not None else lease_pids
+        return "system" if self.is_system(p, known, every_lease) else "foreign"
+
+    def _lease_cpuset(self, sandbox: Sandbox) -> str | None:
+        """The lease's v1 cpuset as /proc/<pid>/cgroup names it, where it has one."""
+        directory = sandbox.cpuset_dir if isinstance(sandbox, CgroupSandbox) else None
+        # <cpuset root>/gpupool-<worker>/<lease>, as `CgroupSandbox.create` lays it out
+        return f"/{directory.parent.name}/{directory.name}" if directory is not None else None
+
+    def _on_cores(
+        self, procs: list[ProcessInfo], lease: LeaseView, cores: frozenset[int]
+    ) -> list[ProcessInfo]:
+        """The processes that may run on the lease's cores now (see the module's docstring)."""
+        if not cores:
+            return []
+        own_cpuset = self._lease_cpuset(lease.sandbox)
+
+        def pinned_outside(p: ProcessInfo) -> bool:
+            return (
+                p.cpuset != self.system_cpuset
+                and not is_lease_cpuset(p.cpuset)
+                and bool(p.cpus_allowed)
+                and p.cpus_allowed <= cores
+                and p.cpus_allowed != self.machine_cores
+            )
+
+        return [p for p in procs if (own_cpuset and p.cpuset == own_cpuset) or pinned_outside(p)]
 
     # the scan ----------------------------------------------------------------------------
 
@@ -139,20 +194,12 @@ class Guard:
         core_load = self._core_load()
         seen_now: set[tuple[int, int]] = set()
         out: list[DeviceObservation] = []
+        pids_of = {lease.lease_id: lease.sandbox.pids() for lease in leases}
+        leased = set().union(*pids_of.values()) if pids_of else set()
         for lease in leases:
-            lease_pids = lease.sandbox.pids()
+            lease_pids = pids_of[lease.lease_id]
             lease_cores = frozenset(c for d in lease.devices for c in d.cores)
-            pinned = (
-                [
-                    p
-                    for p in procs
-                    if p.cpus_allowed
-                    and p.cpus_allowed <= lease_cores
-                    and p.cpus_allowed != self.machine_cores
-                ]
-                if lease_cores
-                else []
-            )
+            pinned = self._on_cores(procs, lease, lease_cores)
             for device in lease.devices:
                 if device.kind is DeviceKind.GPU:
                     on_device = self._gpu_processes(device, by_pid)
@@ -162,7 +209,7 @@ class Guard:
                 processes: list[tuple[int, str, str]] = []
                 violations: list[Violation] = []
                 for p in on_device:
-                    owner = self.owner(p, lease_pids)
+                    owner = self.owner(p, lease_pids, by_pid, leased)
                     processes.append((p.pid, p.name, owner))
                     seen_now.add(p.identity)
                     if owner == "foreign":

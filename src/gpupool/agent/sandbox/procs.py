@@ -27,6 +27,7 @@ class ProcessInfo:
     start_ticks: int
     kernel_thread: bool
     rss_kb: int = 0
+    cpuset: str = ""  # the v1 cpuset path ("/gpupool-system"), "" where cpuset is not v1
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -77,10 +78,13 @@ def read_process(entry: Path) -> ProcessInfo | None:
         elif line.startswith("VmRSS:"):
             with contextlib.suppress(ValueError, IndexError):
                 rss_kb = int(line.split()[1])
-    cgroup2 = "/"
+    cgroup2, cpuset = "/", ""
     for line in cgroup_text.splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if line.startswith("0::"):
-            cgroup2 = line[3:].strip() or "/"
+            cgroup2 = path.strip() or "/"
+        elif "cpuset" in controllers.split(","):
+            cpuset = path.strip()
     exe = ""
     with contextlib.suppress(OSError):
         exe = str((entry / "exe").readlink())
@@ -98,6 +102,7 @@ def read_process(entry: Path) -> ProcessInfo | None:
         start_ticks=start,
         kernel_thread=kernel_thread,
         rss_kb=rss_kb,
+        cpuset=cpuset,
     )
 
 
