@@ -209,7 +209,7 @@ class CryptDisk:
         # What protects the data is that the password was never stored; this is tidiness.
         shred(self.cipher / CONF_FILE)
         shutil.rmtree(self.cipher, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # not empty: files written while unmounted
             self.plain.rmdir()
         if self.cipher.exists() or self.plain.exists():
             raise CryptDiskError(f"cannot remove the lease disk {self.plain}: not empty")
