@@ -1,33 +1,41 @@
 """Starting the agent process: lock the state folder, load the identity, find the devices,
-and run the loops until SIGTERM or SIGINT."""
+and run the loops until SIGTERM or SIGINT; and `cleanup`, which removes what a stopped agent
+left on the host (docs/supplier.md, "Uninstall")."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
 from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
-from gpupool.agent.mesh.manager import MeshManager, local_address_towards
+from gpupool.agent.mesh.manager import MeshManager, lease_interface_name, local_address_towards
 from gpupool.agent.mesh.netprobe import NetProbe
+from gpupool.agent.mesh.wireguard import WireGuardError, WireGuardUnavailable, remove_interface
 from gpupool.agent.nvml import load_nvml
 from gpupool.agent.proof.challenger import Challenger
 from gpupool.agent.proof.prover import Prover
 from gpupool.agent.proof.recorder import ChainStore, Recorder
+from gpupool.agent.ray.cmd import temp_dir_for
 from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.sandbox.cpusets import find_partition
 from gpupool.agent.sandbox.gpus import lease_gpu_env
+from gpupool.agent.sandbox.cryptdisk import CryptDisk, reattach_disk
 from gpupool.agent.sandbox.guard import Guard
+from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, lock_state_dir
 from gpupool.agent.tasks import TaskRunner
-from gpupool.crypto.identity import load_or_create
+from gpupool.crypto.identity import load, load_or_create
 from gpupool.domain.models import DeviceKind
 from gpupool.domain.money import to_micros
 
@@ -36,6 +44,7 @@ log = logging.getLogger("gpupool.agent")
 IDENTITY_FILE = "identity.key"
 STATE_FILE = "leases.json"
 CHAINS_FILE = "chains.json"
+LEASES_DIR = "leases"
 
 
 def run_agent(settings: AgentSettings) -> None:
@@ -135,5 +144,46 @@ def run_agent(settings: AgentSettings) -> None:
             agent.run(stop)
         finally:
             link.close()
+    finally:
+        lock.close()
+
+
+def cleanup(
+    state_dir: Path, cgroup_root: Path | None, cpuset_root: Path | None = None
+) -> list[str]:
+    """Remove what the stopped agent of `state_dir` left on the host, and nothing of any
+    other agent: its worker's lease cgroups (killing their processes), the lease disks,
+    scratch keys and Ray folders under its state folder, and the WireGuard interfaces named
+    for its worker's leases. Keeps the identity (the worker, and what it staked). Returns
+    what it removed; StateDirBusy while the agent runs."""
+    lock = lock_state_dir(state_dir)
+    try:
+        state = AgentState.load(state_dir / STATE_FILE)
+        identity_file = state_dir / IDENTITY_FILE
+        worker = load(identity_file).worker_id if identity_file.exists() else None
+        lease_root = state_dir / LEASES_DIR
+        leases = set(state.leases)
+        if lease_root.is_dir():
+            leases |= {d.name for d in lease_root.iterdir() if d.is_dir()}
+        removed: list[str] = []
+        if worker is not None:
+            sandboxes = Sandboxes(worker, cgroup_root, cpuset_root)
+            for box in sandboxes.leftovers(set()):  # cgroups only: a pgid may be reused
+                box.destroy()
+                removed.append(f"cgroup {box.path}")
+            sandboxes.release()
+        for lease in sorted(leases):
+            lease_dir = lease_root / lease
+            (reattach_disk(lease_dir) or CryptDisk.at(lease_dir)).destroy()
+            Scratch.at(lease_dir).destroy()
+            shutil.rmtree(lease_dir, ignore_errors=True)
+            removed.append(f"lease folder {lease_dir}")
+            if worker is not None:
+                shutil.rmtree(temp_dir_for(state_dir, worker, lease), ignore_errors=True)
+                with contextlib.suppress(WireGuardUnavailable, WireGuardError):
+                    remove_interface(lease_interface_name(worker, lease))
+        state.leases.clear()
+        state.save()
+        return removed
     finally:
         lock.close()

@@ -215,6 +215,14 @@ def agent_run(
             "to reach the coordinator)."
         ),
     ] = None,
+    encrypted_disk: Annotated[
+        bool,
+        typer.Option(
+            "--encrypted-disk/--no-encrypted-disk",
+            help="Encrypt each lease's disk with gocryptfs (needs FUSE). --no-encrypted-disk "
+            "stores renters' files in plaintext on this machine.",
+        ),
+    ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -258,8 +266,36 @@ def agent_run(
         ray_object_store_bytes=ray_object_store_mb << 20,
         mesh=mesh,
         mesh_advertise=mesh_advertise,
+        encrypted_disk=encrypted_disk,
     )
     try:
         run_agent(settings)
     except (FatalAgentError, KeyFileError, StateDirBusy, ValueError) as exc:
         raise CliError(str(exc)) from exc
+
+
+@agent_app.command("cleanup")
+def agent_cleanup(
+    state_dir: Annotated[
+        Path, typer.Option(help="State folder of the stopped agent whose leftovers to remove.")
+    ] = DEFAULT_STATE / "agent",
+) -> None:
+    """Remove what a stopped agent left on this machine: its lease cgroups and processes,
+    lease disks, WireGuard interfaces. Keeps its identity. See docs/supplier.md."""
+    from gpupool.agent.main import cleanup
+    from gpupool.agent.sandbox.cgroup import SandboxError, find_cgroup2_root, find_cpuset_root
+    from gpupool.agent.sandbox.cryptdisk import CryptDiskError
+    from gpupool.agent.state import StateDirBusy
+    from gpupool.crypto.identity import KeyFileError
+
+    if not state_dir.is_dir():
+        raise CliError(f"no agent state folder at {state_dir}", 2)
+    try:
+        removed = cleanup(state_dir, find_cgroup2_root(), find_cpuset_root())
+    except StateDirBusy as exc:
+        raise CliError(f"{exc}: stop it first (systemctl stop gpupool-agent)") from exc
+    except (SandboxError, CryptDiskError, KeyFileError, OSError) as exc:
+        raise CliError(f"cleanup stopped: {exc}") from exc
+    for line in removed:
+        err.print(f"removed {line}")
+    err.print(f"{len(removed)} leftovers removed; the identity in {state_dir} is kept")

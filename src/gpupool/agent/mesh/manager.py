@@ -175,6 +175,12 @@ class LeaseMesh:
                     log.warning("event=mesh_report_failed lease=%s reason=%s", self.lease_id, exc)
 
 
+def lease_interface_name(worker_id: str, lease_id: str) -> str:
+    # The worker id is part of the name: wireguard-go's sockets are machine-wide, and two
+    # agents on one machine (tests, or two suppliers) may run one lease each.
+    return interface_name(f"{worker_id}/{lease_id}")
+
+
 class MeshManager:
     """The interfaces of the agent's open leases. `start` once the worker is registered;
     `sync` with the leases running after every reconciliation."""
@@ -212,9 +218,7 @@ class MeshManager:
         return detect_backend(self.netns)
 
     def interface_name(self, lease_id: str) -> str:
-        # The worker id is part of the name: wireguard-go's sockets are machine-wide, and
-        # two agents on one machine (tests, or two suppliers) may run one lease each.
-        return interface_name(f"{self.worker_id}/{lease_id}")
+        return lease_interface_name(self.worker_id, lease_id)
 
     @property
     def _record(self) -> Path:

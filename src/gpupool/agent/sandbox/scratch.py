@@ -12,7 +12,6 @@ disk cannot be decrypted any more. See docs/ray.md.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gpupool.agent.files import shred
 
 DIR_ENV = "GPUPOOL_SCRATCH_DIR"
 KEY_ENV = "GPUPOOL_SCRATCH_KEY_FILE"
@@ -101,13 +102,7 @@ class Scratch:
 
     def destroy(self) -> None:
         """Overwrite and delete the key, then remove the folder (the agent, at lease end)."""
-        with contextlib.suppress(FileNotFoundError):
-            size = self.key_file.stat().st_size
-            with self.key_file.open("r+b") as f:
-                f.write(b"\0" * size)
-                f.flush()
-                os.fsync(f.fileno())
-            self.key_file.unlink()
+        shred(self.key_file)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
