@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,21 +35,21 @@ HOSTS = ["a", "b", "c"]
 
 
 def avg_rtt_ms(world: MeshWorld, src: str, address: str, count: int = 20) -> float:
-    out = world.host(src).run("ping", "-n", "-q", "-i", "0.05", "-c", str(count), address)
+    out = world.in_lease(src, "ping", "-n", "-q", "-i", "0.05", "-c", str(count), address)
     match = re.search(r"= [\d.]+/([\d.]+)/", out)
     assert match, out
     return float(match.group(1))
 
 
 def iperf_mbits(world: MeshWorld, src: str, dst: str, address: str, seconds: int) -> float:
-    server = world.host(dst).spawn("iperf3", "-s", "-1", "-B", address)
+    lease = world.lease_netns(dst)  # the agents seal each lease's interface in its namespace
+    argv = ["ip", "netns", "exec", str(lease), "iperf3", "-s", "-1", "-B", address]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         out = ""
         for _ in range(50):  # the server needs a moment to listen
             try:
-                out = world.host(src).run(
-                    "iperf3", "-c", address, "-t", str(seconds), "-f", "m", timeout=seconds + 30
-                )
+                out = world.in_lease(src, "iperf3", "-c", address, "-t", str(seconds), "-f", "m")
                 break
             except RuntimeError:
                 time.sleep(0.1)

@@ -112,6 +112,9 @@ def run_agent(settings: AgentSettings) -> None:
             agent.ray.overlay_address = agent.overlay_address
             mesh = agent.mesh
             agent.ray.mesh_unavailable = lambda: mesh is None or mesh.unavailable is not None
+            if mesh is not None:  # sealed: Ray runs in the lease's namespace, behind a forwarder
+                agent.ray.lease_netns = mesh.netns_path
+                agent.ray.forward = mesh.forward
         recorder = Recorder(
             link,
             identity,

@@ -13,14 +13,17 @@ devices with `world.local.stake_devices(key)`: devices are challenged only once 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpupool.agent.mesh.leasenet import netns_of_interface
 from gpupool.localnet.network import LocalNetwork, wait_for
 from gpupool.testing.netns import Host, TestNetwork
 
@@ -38,9 +41,40 @@ class MeshWorld:
     def host(self, name: str) -> Host:
         return self.net.host(name)
 
+    def lease_netns(self, name: str) -> str | None:
+        """The network namespace of the host's (only) lease: agents seal each lease's
+        interface in one (docs/mesh.md), found from the wireguard-go the host's agent runs."""
+        for pid in self.host(name).run("ip", "netns", "pids", self.host(name).netns).split():
+            with contextlib.suppress(OSError):
+                argv = [
+                    a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a
+                ]
+                if argv and Path(argv[0]).name == "wireguard-go":  # wireguard-go -f NAME
+                    return netns_of_interface(argv[-1])
+        return None
+
+    def in_lease(self, name: str, *argv: str, check: bool = True) -> str:
+        """Run a command inside the host's lease namespace (as the lease's processes do)."""
+        netns = self.lease_netns(name)
+        if netns is None:
+            raise LookupError(f"{name} runs no lease interface")
+        done = subprocess.run(
+            ["ip", "netns", "exec", netns, *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} in {netns}: {done.stderr.strip()}")
+        return done.stdout
+
     def interfaces(self, name: str) -> list[dict[str, Any]]:
         """The host's gpupool WireGuard interfaces with their IPv4 addresses."""
-        out = self.host(name).run("ip", "-4", "-j", "addr", "show")
+        try:
+            out = self.in_lease(name, "ip", "-4", "-j", "addr", "show")
+        except (LookupError, RuntimeError):
+            return []  # not up yet
         return [i for i in json.loads(out or "[]") if i["ifname"].startswith("gpw")]
 
     def overlay(self, name: str, timeout: float = 60) -> str:
@@ -53,13 +87,13 @@ class MeshWorld:
         return wait_for(f"an overlay address on {name}", found, timeout, every=0.1)
 
     def ping(self, src: str, address: str, wait: str = "1") -> bool:
-        done = self.host(src).run("ping", "-n", "-c", "1", "-W", wait, address, check=False)
+        done = self.in_lease(src, "ping", "-n", "-c", "1", "-W", wait, address, check=False)
         return " 0% packet loss" in done
 
     def peer_ips(self, name: str) -> dict[str, list[str]]:
         """Per peer public key, its allowed IPs on the host's (only) lease interface."""
         interface = self.interfaces(name)[0]["ifname"]
-        out = self.host(name).run("wg", "show", interface, "allowed-ips")
+        out = self.in_lease(name, "wg", "show", interface, "allowed-ips")
         return {k: v.split() for k, v in (line.split("\t") for line in out.splitlines())}
 
     def routed_via(self, name: str, address: str) -> str | None:
@@ -68,7 +102,7 @@ class MeshWorld:
 
     def public_key(self, name: str) -> str:
         interface = self.interfaces(name)[0]["ifname"]
-        return self.host(name).run("wg", "show", interface, "public-key").strip()
+        return self.in_lease(name, "wg", "show", interface, "public-key").strip()
 
 
 def _enter(host: Host) -> list[str]:

@@ -72,11 +72,14 @@ class Host:
 class TestNetwork:
     __test__ = False  # not a pytest test class
 
-    def __init__(self, hosts: Sequence[str], *, run_id: str | None = None) -> None:
+    def __init__(
+        self, hosts: Sequence[str], *, run_id: str | None = None, prefix: str = "gpt"
+    ) -> None:
         if len(hosts) > 200:
             raise ValueError("at most 200 hosts")
         self.run_id = run_id or os.urandom(3).hex()
-        self.switch_ns = f"gpt{self.run_id}-sw"
+        self.prefix = prefix  # every namespace's name starts with it
+        self.switch_ns = f"{prefix}{self.run_id}-sw"
         self._names = list(hosts)
         self._spawned: list[subprocess.Popen[str]] = []
         self._hosts: dict[str, Host] = {}
@@ -114,7 +117,7 @@ class TestNetwork:
         _run(["ip", "-n", sw, "addr", "add", f"{SWITCH_ADDRESS}/24", "dev", "br0"])
         _run(["ip", "-n", sw, "link", "set", "br0", "up"])
         for i, name in enumerate(self._names):
-            ns = f"gpt{self.run_id}-{name}"
+            ns = f"{self.prefix}{self.run_id}-{name}"
             address = str(SUBNET.network_address + 2 + i)
             self._namespace(ns)
             port = f"p{i}"
@@ -193,6 +196,11 @@ class TestNetwork:
         address = f"127.0.0.1:{listener.getsockname()[1]}"
         listener.close()  # the forwarder holds its own copy
         return address
+
+    def own(self, namespace: str) -> None:
+        """Remove `namespace`, made by someone else (a lease's), with this network: first,
+        with its interfaces and processes."""
+        self._namespaces.append(namespace)
 
     # -- cleanup --------------------------------------------------------------------------
 

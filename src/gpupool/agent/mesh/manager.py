@@ -7,6 +7,10 @@ applies each new version, probes every peer's direct address each second and rep
 results, from which the coordinator decides relays. When the lease ends the interface goes,
 and its peers' keys and routes with it. The agent's own key pair stays in its state folder.
 
+Sealed (the default), each lease member's interface lives in the member's own network
+namespace (leasenet.py), whose path (`netns_path`) the lease's processes join, and services
+inside are reached from the agent's namespace through forwarders (`forward`).
+
 Without root or the WireGuard tools the agent runs without the mesh, and says why once;
 `overlay_address` is then None and whoever binds a service to the mesh (Ray) falls back to
 the machine's ordinary addresses.
@@ -25,6 +29,8 @@ from urllib.parse import urlsplit
 
 from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.mesh.forwarder import Forwarder
+from gpupool.agent.mesh.leasenet import LeaseNetns, netns_of_interface
 from gpupool.agent.mesh.overlay_probe import OverlayProber
 from gpupool.agent.mesh.wireguard import (
     Backend,
@@ -73,12 +79,16 @@ class LeaseMesh:
         backend: Backend,
         host: str,
         netns: str | None,
+        sealed: bool = True,
     ) -> None:
         self.lease_id = lease_id
         self.link = link
-        self.interface = WireGuardInterface(name, key, netns=netns, backend=backend)
+        self.leasenet = LeaseNetns(netns_of_interface(name)) if sealed else None
+        inside = self.leasenet.name if self.leasenet is not None else None
+        self.interface = WireGuardInterface(name, key, netns=netns, backend=backend, inside=inside)
         self.host = host
-        self.prober = OverlayProber(netns=netns, interval=PROBE_SECONDS)
+        self.prober = OverlayProber(netns=self.interface.netns, interval=PROBE_SECONDS)
+        self._forwarders: dict[tuple[str, int, str], Forwarder] = {}
         self.peer_map: PeerMap | None = None
         self.version = ""
         self._stop = threading.Event()
@@ -95,23 +105,60 @@ class LeaseMesh:
 
     def start(self) -> None:
         with self._lock:
+            if self.leasenet is not None:
+                self.leasenet.create()
             self.interface.up()  # adopts the interface a previous run left
         self.prober.start()
         for thread in self._threads:
             thread.start()
 
+    def forward(self, host: str, port: int, listen_host: str, listen_port: int = 0) -> str:
+        """`host:port` in the agent's namespace that reaches `host:port` inside the lease's
+        namespace (the same one again for the same arguments)."""
+        if self.leasenet is None:
+            raise WireGuardError("the lease has no namespace of its own to forward into")
+        with self._lock:
+            if self._removed:
+                raise WireGuardError(f"the mesh of {self.lease_id} is gone")
+            key = (host, port, listen_host)
+            if key not in self._forwarders:
+                self._forwarders[key] = Forwarder(
+                    self.leasenet.path, (host, port), listen_host, listen_port=listen_port
+                )
+            bound_host, bound_port = self._forwarders[key].address
+        log.info(
+            "event=forward_up lease=%s upstream=%s:%d listen=%s:%d",
+            self.lease_id,
+            host,
+            port,
+            bound_host,
+            bound_port,
+        )
+        return f"{bound_host}:{bound_port}"
+
+    def _close_forwarders(self) -> None:
+        for forwarder in self._forwarders.values():
+            forwarder.close()
+        self._forwarders.clear()
+
     def remove(self) -> None:
-        """Stop the loops and remove the interface (its peers, keys and routes go with it)."""
+        """Stop the loops and remove the interface (its peers, keys and routes go with it),
+        the forwarders and the lease's namespace."""
         self._stop.set()
         self.prober.stop()
         with self._lock:
             self._removed = True
+            self._close_forwarders()
             self.interface.down()
+            if self.leasenet is not None:
+                self.leasenet.destroy()
 
     def stop(self) -> None:
         """Stop the loops and leave the interface up (the agent exits, the lease goes on)."""
         self._stop.set()
         self.prober.stop()
+        with self._lock:
+            self._close_forwarders()
 
     def _poll_loop(self) -> None:
         endpoint_sent = False
@@ -193,6 +240,7 @@ class MeshManager:
         coordinator_url: str,
         advertise: str | None = None,
         netns: str | None = None,
+        sealed: bool = True,
     ) -> None:
         self.link = link
         self.worker_id = worker_id
@@ -200,6 +248,7 @@ class MeshManager:
         self.coordinator_url = coordinator_url
         self.advertise = advertise
         self.netns = netns
+        self.sealed = sealed  # each lease's interface in the lease's own namespace
         self.address: str | None = None  # this worker's overlay IPv4, once registered
         self.unavailable: str | None = None  # why the mesh is off, once known
         self._key: KeyPair | None = None
@@ -243,7 +292,7 @@ class MeshManager:
             mine = set(leftover_interfaces(self.netns, sockets=False)) | recorded
             for name in sorted(mine - keep):
                 log.warning("event=mesh_leftover_removed interface=%s", name)
-                remove_interface(name, self.netns)
+                self._remove_leftover(name)
             self._save_record(recorded & keep)
         except (WireGuardUnavailable, WireGuardError, OSError) as exc:
             log.debug("event=mesh_adopt_skipped reason=%s", exc)
@@ -291,7 +340,7 @@ class MeshManager:
                 log.info("event=mesh_removed lease=%s", lease_id)
             # interfaces of leases that ended before this run started their loops
             for name in sorted(recorded - {self.interface_name(x) for x in running}):
-                remove_interface(name, self.netns)
+                self._remove_leftover(name)
                 recorded.discard(name)
                 log.info("event=mesh_leftover_removed interface=%s", name)
             for lease_id in sorted(running - self._leases.keys()):
@@ -303,6 +352,7 @@ class MeshManager:
                     self._backend,
                     self._host,
                     self.netns,
+                    self.sealed,
                 )
                 recorded.add(lease.interface.name)
                 self._save_record(recorded)  # before it exists: a crash leaves no orphan
@@ -314,6 +364,33 @@ class MeshManager:
                 self._leases[lease_id] = lease
                 log.info("event=mesh_up lease=%s interface=%s", lease_id, lease.interface.name)
             self._save_record(recorded)
+
+    def _remove_leftover(self, name: str) -> None:
+        """An interface of a lease no longer open: where it lives (the lease's namespace,
+        or still the agent's after a crash before the move), then the namespace."""
+        leasenet = LeaseNetns(netns_of_interface(name))
+        if leasenet.exists():
+            remove_interface(name, leasenet.name)
+        remove_interface(name, self.netns)
+        leasenet.destroy()
+
+    def netns_path(self, lease_id: str) -> str | None:
+        """The path of the lease's own network namespace (`nsenter --net=PATH`), where its
+        interface and overlay address are; None without the mesh, or unsealed."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+        if lease is None or lease.leasenet is None:
+            return None
+        return lease.leasenet.path
+
+    def forward(self, lease_id: str, host: str, port: int, listen_host: str) -> str:
+        """`host:port` in the agent's namespace forwarded to `host:port` inside the lease's
+        namespace (LeaseMesh.forward); WireGuardError when the lease has no mesh here."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+        if lease is None:
+            raise WireGuardError(f"no mesh for lease {lease_id} on this worker")
+        return lease.forward(host, port, listen_host)
 
     def overlay_address(self, lease_id: str) -> str | None:
         """The overlay IPv4 address this worker has in the lease's mesh, once its interface

@@ -14,7 +14,11 @@
   wireguard-go, removes its socket and the FORWARD rule, and leaves nothing behind.
 
 Every command runs in the interface's network namespace (`netns`) when one is given; the
-product passes None (the agent's own namespace), tests and per-lease namespaces a name.
+product passes None (the agent's own namespace), tests a name. With `inside` (a lease's own
+namespace, agent/mesh/leasenet.py) the interface is born in `netns`, where its UDP socket
+stays, and moved into `inside`, where its addresses, routes and peers are set: the classic
+WireGuard namespace pattern. wireguard-go's TUN keeps working after the move (its socket
+and control socket are not bound to the TUN's namespace).
 """
 
 from __future__ import annotations
@@ -82,9 +86,11 @@ def load_or_create_key(state_dir: Path) -> KeyPair:
     return pair
 
 
-def interface_name(lease_id: str) -> str:
+def interface_name(lease_id: str, prefix: str = INTERFACE_PREFIX) -> str:
+    """`prefix` + 12 base32 characters of sha256(lease id); other per-lease names (the
+    lease's network namespace) share the digest, so one name leads to the other."""
     digest = base64.b32encode(hashlib.sha256(lease_id.encode()).digest()).decode().lower()
-    return INTERFACE_PREFIX + digest[:12]
+    return prefix + digest[:12]
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -94,7 +100,9 @@ def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
     return [*(["ip", "netns", "exec", netns] if netns else []), *argv]
 
 
-def _run(netns: str | None, *argv: str, stdin: str | None = None, check: bool = True) -> str:
+def run_in_netns(
+    netns: str | None, *argv: str, stdin: str | None = None, check: bool = True
+) -> str:
     try:
         done = subprocess.run(
             in_netns(netns, argv),
@@ -122,9 +130,9 @@ def detect_backend(netns: str | None = None) -> Backend:
     if not _which("wg"):
         raise WireGuardUnavailable(_missing("wg"))
     probe = INTERFACE_PREFIX + "probe" + os.urandom(3).hex()
-    _run(netns, "ip", "link", "add", probe, "type", "wireguard", check=False)
+    run_in_netns(netns, "ip", "link", "add", probe, "type", "wireguard", check=False)
     if _link_exists(netns, probe):
-        _run(netns, "ip", "link", "del", probe, check=False)
+        run_in_netns(netns, "ip", "link", "del", probe, check=False)
         return "kernel"
     if not _which("wireguard-go"):
         raise WireGuardUnavailable(
@@ -139,7 +147,7 @@ def _which(tool: str) -> bool:
 
 
 def _link_exists(netns: str | None, name: str) -> bool:
-    return bool(_run(netns, "ip", "-j", "link", "show", "dev", name, check=False).strip())
+    return bool(run_in_netns(netns, "ip", "-j", "link", "show", "dev", name, check=False).strip())
 
 
 def _socket_path(name: str) -> Path:
@@ -180,7 +188,9 @@ def _zombie(pid: int) -> bool:
 def remove_interface(name: str, netns: str | None = None) -> None:
     """Tear an interface down completely; a no-op for parts already gone."""
     pid = _socket_owner(name)
-    _run(netns, "ip", "link", "del", name, check=False)  # wireguard-go exits when its tun goes
+    run_in_netns(
+        netns, "ip", "link", "del", name, check=False
+    )  # wireguard-go exits when its tun goes
     if pid is not None and not _wait_gone(pid, STOP_TIMEOUT):
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
@@ -200,7 +210,7 @@ def leftover_interfaces(netns: str | None = None, *, sockets: bool = True) -> li
         if sockets
         else set()
     )
-    links = json.loads(_run(netns, "ip", "-j", "link", "show", check=False) or "[]")
+    links = json.loads(run_in_netns(netns, "ip", "-j", "link", "show", check=False) or "[]")
     names |= {str(link["ifname"]) for link in links if link["ifname"].startswith(INTERFACE_PREFIX)}
     return sorted(names)
 
@@ -214,10 +224,10 @@ def _forward_rule(netns: str | None, name: str, *, present: bool) -> None:
         return
     if present:
         if not _rule_exists(netns, rule):
-            _run(netns, "iptables", "-I", *rule)
+            run_in_netns(netns, "iptables", "-I", *rule)
         return
     while _rule_exists(netns, rule):  # a rule naming an interface outlives the interface
-        _run(netns, "iptables", "-D", *rule)
+        run_in_netns(netns, "iptables", "-D", *rule)
 
 
 def _write_sysctl(netns: str | None, key: str, value: str) -> None:
@@ -225,7 +235,7 @@ def _write_sysctl(netns: str | None, key: str, value: str) -> None:
     if netns is None:
         Path(path).write_text(value)
     else:  # /proc/sys/net is per network namespace: write it from inside
-        _run(netns, "sh", "-c", 'echo "$1" > "$0"', path, value)
+        run_in_netns(netns, "sh", "-c", 'echo "$1" > "$0"', path, value)
 
 
 def _rule_exists(netns: str | None, rule: list[str]) -> bool:
@@ -264,13 +274,15 @@ class WireGuardInterface:
         listen_port: int | None = None,
         netns: str | None = None,
         backend: Backend | None = None,
+        inside: str | None = None,
     ) -> None:
         if len(name) > 15:
             raise ValueError(f"interface name {name!r} is over 15 characters")
         self.name = name
         self.key = key
         self.listen_port = listen_port  # None: WireGuard picks one; see `port`
-        self.netns = netns
+        self.born_in = netns  # where it is created and its UDP socket lives
+        self.netns = inside or netns  # where the link is, and every later command runs
         self.backend = backend or detect_backend(netns)
 
     def exists(self) -> bool:
@@ -279,18 +291,24 @@ class WireGuardInterface:
     def up(self) -> None:
         if self.exists():
             return
-        if self.backend == "kernel":
-            _run(self.netns, "ip", "link", "add", self.name, "type", "wireguard")
-        else:
-            self._start_wireguard_go()
-        self._set_key_and_port()
-        _run(self.netns, "ip", "link", "set", self.name, "up")
+        # After a crash between create and move the link is still where it was born.
+        if not _link_exists(self.born_in, self.name):
+            if self.backend == "kernel":
+                run_in_netns(self.born_in, "ip", "link", "add", self.name, "type", "wireguard")
+            else:
+                self._start_wireguard_go()
+        # The key and port are set before the move: the socket binds where the link is now.
+        run_in_netns(self.born_in, *self._key_and_port(), stdin=self.key.private_key + "\n")
+        if self.netns != self.born_in:
+            assert self.netns is not None
+            run_in_netns(self.born_in, "ip", "link", "set", self.name, "netns", self.netns)
+        run_in_netns(self.netns, "ip", "link", "set", self.name, "up")
 
     def _start_wireguard_go(self) -> None:
         if _socket_owner(self.name) is None:  # a stale socket from a killed process
             _socket_path(self.name).unlink(missing_ok=True)
         with tempfile.TemporaryFile("w+") as log:
-            argv = in_netns(self.netns, ["wireguard-go", "-f", self.name])
+            argv = in_netns(self.born_in, ["wireguard-go", "-f", self.name])
             try:
                 process = subprocess.Popen(
                     argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
@@ -298,7 +316,9 @@ class WireGuardInterface:
             except FileNotFoundError as exc:
                 raise WireGuardUnavailable(_missing(argv[0])) from exc
             deadline = time.monotonic() + START_TIMEOUT
-            while not (self.exists() and _socket_owner(self.name) is not None):
+            while not (
+                _link_exists(self.born_in, self.name) and _socket_owner(self.name) is not None
+            ):
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
                     process.wait()
@@ -306,20 +326,22 @@ class WireGuardInterface:
                     raise WireGuardError(f"wireguard-go {self.name} did not start: {log.read()}")
                 time.sleep(0.05)
 
-    def _set_key_and_port(self) -> None:
+    def _key_and_port(self) -> list[str]:
         argv = ["wg", "set", self.name, "private-key", "/dev/stdin"]
         if self.listen_port is not None:
             argv += ["listen-port", str(self.listen_port)]
-        _run(self.netns, *argv, stdin=self.key.private_key + "\n")
+        return argv
 
     @property
     def port(self) -> int:
-        return int(_run(self.netns, "wg", "show", self.name, "listen-port").strip())
+        return int(run_in_netns(self.netns, "wg", "show", self.name, "listen-port").strip())
 
     def apply(self, peer_map: PeerMap) -> None:
         """Make the interface match the map: peers, addresses, routes and forwarding."""
         self.up()
-        _run(self.netns, "wg", "syncconf", self.name, "/dev/stdin", stdin=self._config(peer_map))
+        run_in_netns(
+            self.netns, "wg", "syncconf", self.name, "/dev/stdin", stdin=self._config(peer_map)
+        )
         own = {f"{peer_map.address}/32", f"{peer_map.direct_address}/128"}
         self._converge("addr", own)
         self._converge("route", set(peer_map.routed_addresses()))
@@ -341,24 +363,26 @@ class WireGuardInterface:
         have = self._overlay_cidrs(what)
         for cidr in sorted(wanted - have):
             family = "-6" if ":" in cidr else "-4"
-            _run(self.netns, "ip", family, what, "replace", cidr, "dev", self.name)
+            run_in_netns(self.netns, "ip", family, what, "replace", cidr, "dev", self.name)
         for cidr in sorted(have - wanted):
             family = "-6" if ":" in cidr else "-4"
-            _run(self.netns, "ip", family, what, "del", cidr, "dev", self.name, check=False)
+            run_in_netns(self.netns, "ip", family, what, "del", cidr, "dev", self.name, check=False)
 
     def _overlay_cidrs(self, what: Literal["addr", "route"]) -> set[str]:
         """The overlay addresses or routes on the interface now (nothing else is touched)."""
         found: set[str] = set()
         for family in ("-4", "-6"):
             if what == "addr":
-                out = _run(self.netns, "ip", family, "-j", "addr", "show", "dev", self.name)
+                out = run_in_netns(self.netns, "ip", family, "-j", "addr", "show", "dev", self.name)
                 entries = [
                     f"{a['local']}/{a['prefixlen']}"
                     for link in json.loads(out or "[]")
                     for a in link.get("addr_info", [])
                 ]
             else:
-                out = _run(self.netns, "ip", family, "-j", "route", "show", "dev", self.name)
+                out = run_in_netns(
+                    self.netns, "ip", family, "-j", "route", "show", "dev", self.name
+                )
                 entries = [str(r["dst"]) for r in json.loads(out or "[]")]
             for entry in entries:
                 if entry == "default":
@@ -380,7 +404,7 @@ class WireGuardInterface:
     def peers(self) -> dict[str, PeerCounters]:
         """Counters per peer public key, from `wg show dump`."""
         out: dict[str, PeerCounters] = {}
-        for line in _run(self.netns, "wg", "show", self.name, "dump").splitlines()[1:]:
+        for line in run_in_netns(self.netns, "wg", "show", self.name, "dump").splitlines()[1:]:
             key, _psk, endpoint, ips, handshake, rx, tx, _keepalive = line.split("\t")
             out[key] = PeerCounters(
                 key,

@@ -13,6 +13,10 @@ Afterwards a monitor watches the node's own processes and reports a member whose
 lease's mesh, or None` (the mesh not up, or off). A node binds to that address, waiting up to
 MESH_WAIT_SECONDS for it, else to the worker's ordinary address (the one its route to the
 coordinator leaves from), and reports which one it uses. See docs/ray.md.
+
+`lease_netns` and `forward` are the seams for a sealed mesh (docs/mesh.md): where the lease has
+its own network namespace the node starts inside it (`nsenter --net=PATH`), its dashboard
+listens on the overlay address there, and the head reports the agent's forwarder to it.
 """
 
 from __future__ import annotations
@@ -121,6 +125,10 @@ class RayNodes:
         self.mesh_unavailable: Callable[[], bool] = lambda: False
         # the environment that pins a member's processes to its leased GPUs (sandbox/gpus.py)
         self.device_env: Callable[[Sequence[DeviceSpec]], dict[str, str]] = lambda _: {}
+        # lease -> the path of its own network namespace, or None (run in the agent's)
+        self.lease_netns: Callable[[str], str | None] = lambda _lease: None
+        # (lease, host, port inside, listen host) -> "host:port" forwarded from the agent's
+        self.forward: Callable[[str, str, int, str], str] | None = None
         self.object_store_bytes = object_store_bytes
         self.nodes: dict[str, LeaseNode] = {}
         self._lock = threading.Lock()
@@ -256,10 +264,12 @@ class RayNodes:
         if node.stop.is_set():
             return
         devices = [self._local(d) for d in node.local_devices]
+        netns = self.lease_netns(node.lease_id) if node.mesh else None
         # On the mesh the nodes talk over overlay addresses, which the coordinator (the job
-        # proxy) cannot reach: the head's dashboard then listens on the ordinary address (the
-        # coordinator checks that its agent's requests come from there).
-        dashboard_host = self.ordinary_address() if node.mesh else node.address
+        # proxy) cannot reach: the head's dashboard then listens on the ordinary address, or,
+        # in the lease's own namespace, on the overlay one behind the agent's forwarder on the
+        # ordinary address (the coordinator checks that its agent's requests come from there).
+        dashboard_host = self.ordinary_address() if node.mesh and not netns else node.address
         argv, node.ports = start_argv(
             node.role,
             node.address,
@@ -270,10 +280,14 @@ class RayNodes:
             dashboard_host=dashboard_host,
         )
         node.temp_dir.mkdir(parents=True, exist_ok=True)
-        self._ray_start(node, argv)
+        self._ray_start(node, [*(["nsenter", f"--net={netns}"] if netns else []), *argv])
         if node.role is RayRole.HEAD:
             node.gcs_address = f"{node.address}:{node.ports['port']}"
-            node.dashboard_url = f"http://{dashboard_host}:{node.ports['dashboard-port']}"
+            dashboard = f"{dashboard_host}:{node.ports['dashboard-port']}"
+            if netns and self.forward is not None:
+                port = node.ports["dashboard-port"]
+                dashboard = self.forward(node.lease_id, node.address, port, self.ordinary_address())
+            node.dashboard_url = f"http://{dashboard}"
         node.state = RayNodeState.STARTED
         self._report(node, RayNodeState.STARTED)
         log.info(
