@@ -19,8 +19,17 @@ from gpupool.agent.mesh.manager import MeshManager
 from gpupool.agent.mesh.netprobe import NetProbe
 from gpupool.agent.proof.challenger import Challenger
 from gpupool.agent.proof.prover import Prover
+from gpupool.agent.ray.cmd import temp_dir_for
 from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandbox, SandboxError, Sandboxes
+from gpupool.agent.sandbox.container import (
+    Bind,
+    Containers,
+    ContainerSpec,
+    give,
+    lease_uid,
+    uids_in_use,
+)
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
 from gpupool.agent.tasks import docker_available
@@ -33,6 +42,7 @@ from gpupool.wire import models as w
 log = logging.getLogger("gpupool.agent")
 
 RETRY_SECONDS = 2.0
+LEASE_PIDS_MAX = 4096  # a lease's processes and threads on this member (Ray takes ~200)
 
 
 class FatalAgentError(Exception):
@@ -54,6 +64,7 @@ class Agent:
         bandwidth: BandwidthMeter | None = None,
         ray: RayNodes | None = None,
         mesh: MeshManager | None = None,
+        containers: Containers | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -67,6 +78,7 @@ class Agent:
         self.bandwidth = bandwidth
         self.ray = ray  # None: leases run without Ray (members are ready once sandboxed)
         self.mesh = mesh
+        self.containers = containers  # None: no bwrap here, leases run in a cgroup only
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -86,7 +98,11 @@ class Agent:
     def adopt(self) -> None:
         """Re-attach the sandboxes of leases recorded before a restart."""
         for lease_id, record in list(self.state.leases.items()):
-            sandbox = self.sandboxes.attach(lease_id, record.sandbox)
+            sandbox: Sandbox | None = (
+                self.containers.attach(lease_id, record.sandbox)
+                if self.containers is not None
+                else self.sandboxes.attach(lease_id, record.sandbox)
+            )
             if sandbox is None:
                 log.warning("event=lease_sandbox_lost lease=%s", lease_id)
                 if self.ray is not None:
@@ -109,6 +125,31 @@ class Agent:
         """This worker's overlay IPv4 in the lease's mesh (bind lease services there), or
         None where the mesh is off or not up yet (use the ordinary addresses then)."""
         return self.mesh.overlay_address(lease_id) if self.mesh is not None else None
+
+    @property
+    def sandbox_kind(self) -> str:
+        return self.containers.kind if self.containers is not None else self.sandboxes.kind
+
+    def container_spec(self, lease_id: str) -> ContainerSpec:
+        """The lease's container: its folder and Ray temp dir handed to a uid of its own.
+        Until the lease has a netns of its own, Ray talks over the host's network (loopback
+        between agents on one machine), as it did before containers."""
+        state_dir = self.settings.state_dir
+        lease_dir = state_dir / "leases" / lease_id
+        temp_dir = temp_dir_for(state_dir, self.identity.worker_id, lease_id)
+        uid = lease_uid(lease_id, uids_in_use())
+        for folder in (lease_dir, temp_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            give(folder, uid, uid)
+        return ContainerSpec(
+            lease_id,
+            lease_dir,
+            uid,
+            uid,
+            share_host_network=True,
+            pids_max=LEASE_PIDS_MAX,
+            binds=(Bind(temp_dir, writable=True),),
+        )
 
     def registration(self) -> w.WorkerRegister:
         s = self.settings
@@ -134,7 +175,7 @@ class Agent:
                 for d in self.devices
             ],
             agent_version=gpupool.__version__,
-            sandbox=self.sandboxes.kind + ("+docker" if docker_available() else ""),
+            sandbox=self.sandbox_kind + ("+docker" if docker_available() else ""),
         )
 
     def register(self, stop: threading.Event) -> w.WorkerOut | None:
@@ -152,7 +193,7 @@ class Agent:
                 "event=registered worker=%s devices=%d sandbox=%s",
                 worker.id,
                 len(worker.devices),
-                self.sandboxes.kind,
+                self.sandbox_kind,
             )
             return worker
         return None
@@ -254,7 +295,11 @@ class Agent:
             }
         )
         try:
-            sandbox = self.sandboxes.create(a.lease_id, cores)
+            sandbox = (
+                self.containers.create(self.container_spec(a.lease_id), cores)
+                if self.containers is not None
+                else self.sandboxes.create(a.lease_id, cores)
+            )
         except (SandboxError, OSError) as exc:
             log.error("event=lease_sandbox_failed lease=%s reason=%s", a.lease_id, exc)
             for device in a.local_devices:

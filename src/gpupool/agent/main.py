@@ -27,9 +27,10 @@ from gpupool.agent.proof.recorder import ChainStore, Recorder
 from gpupool.agent.ray.cmd import temp_dir_for
 from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
+from gpupool.agent.sandbox.container import Containers, bwrap_path
 from gpupool.agent.sandbox.cpusets import find_partition
-from gpupool.agent.sandbox.gpus import lease_gpu_env
 from gpupool.agent.sandbox.cryptdisk import CryptDisk, reattach_disk
+from gpupool.agent.sandbox.gpus import lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.agent.settings import AgentSettings
@@ -68,6 +69,14 @@ def run_agent(settings: AgentSettings) -> None:
         )
         if sandboxes.kind != "cgroup2":
             log.warning("event=no_cgroup2 note=leases are isolated by process group only")
+        bwrap = bwrap_path()
+        containers = (
+            Containers(sandboxes, identity.worker_id, bwrap)
+            if bwrap is not None and sandboxes.root is not None
+            else None
+        )
+        if containers is None:
+            log.warning("event=no_bwrap note=lease processes run as the agent's user")
         link = CoordinatorLink(settings.coordinator_url, identity, settings.supplier_key)
         agent = Agent(
             settings,
@@ -98,6 +107,7 @@ def run_agent(settings: AgentSettings) -> None:
                 if settings.mesh
                 else None
             ),
+            containers=containers,
         )
         if settings.ray:
             agent.ray = RayNodes(

@@ -45,6 +45,7 @@ from gpupool.agent.ray.cmd import (
     temp_dir_for,
 )
 from gpupool.agent.sandbox.cgroup import Sandbox
+from gpupool.agent.sandbox.container import ContainerSandbox
 from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.domain.leases import MemberState
 from gpupool.domain.models import DeviceSpec
@@ -146,13 +147,17 @@ class RayNodes:
                 return
             head_worker = next(m.worker_id for m in a.members if m.device_id == a.head_device_id)
             lease_dir = self._lease_dir(a.lease_id)
+            scratch = Scratch.create(lease_dir)
+            if isinstance(sandbox, ContainerSandbox):  # the lease's uid reads its own key
+                sandbox.give(scratch.directory)
+                sandbox.give(scratch.key_file)
             node = LeaseNode(
                 lease_id=a.lease_id,
                 role=role_of(self.worker_id, head_worker),
                 address="",  # chosen by the node's thread: the mesh may take a moment
                 mesh=False,
                 temp_dir=temp_dir_for(self.state_dir, self.worker_id, a.lease_id),
-                scratch=Scratch.create(lease_dir),
+                scratch=scratch,
                 local_devices=list(a.local_devices),
                 lease_devices=[m.device_id for m in a.members],
                 sandbox=sandbox,
@@ -174,7 +179,7 @@ class RayNodes:
     def adopt(self, lease_id: str, sandbox: Sandbox) -> None:
         """After an agent restart: take back the lease's node from its record, and watch it
         again if it had joined (a bring-up cut short by the restart is reported failed)."""
-        record = self._lease_dir(lease_id) / RECORD_FILE
+        record = self._record(lease_id)
         try:
             data = json.loads(record.read_text())
         except (OSError, ValueError):
@@ -216,6 +221,7 @@ class RayNodes:
         shutil.rmtree(temp_dir, ignore_errors=True)
         scratch.destroy()
         shutil.rmtree(lease_dir, ignore_errors=True)
+        self._record(lease_id).unlink(missing_ok=True)
         if node is not None:
             with contextlib.suppress(LinkError):
                 self._report(node, RayNodeState.STOPPED, "the lease ended")
@@ -223,6 +229,11 @@ class RayNodes:
 
     def _lease_dir(self, lease_id: str) -> Path:
         return self.state_dir / "leases" / lease_id
+
+    def _record(self, lease_id: str) -> Path:
+        # Not in the lease's folder: a lease container writes there, and the record names
+        # the folders the agent removes as root.
+        return self.state_dir / "ray" / f"{lease_id}.{RECORD_FILE}"
 
     # a node's life ------------------------------------------------------------------------
 
@@ -431,7 +442,9 @@ class RayNodes:
             "gcs_address": node.gcs_address,
             "dashboard_url": node.dashboard_url,
         }
-        write_json(self._lease_dir(node.lease_id) / RECORD_FILE, record)
+        path = self._record(node.lease_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, record)
 
     def _report_members(self, node: LeaseNode, state: MemberState, reason: str = "") -> None:
         for device in node.local_devices:
