@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 import gpupool
@@ -19,23 +20,18 @@ from gpupool.agent.mesh.manager import MeshManager
 from gpupool.agent.mesh.netprobe import NetProbe
 from gpupool.agent.proof.challenger import Challenger
 from gpupool.agent.proof.prover import Prover
-from gpupool.agent.ray.cmd import temp_dir_for
 from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandbox, SandboxError, Sandboxes
-from gpupool.agent.sandbox.container import (
-    Bind,
-    Containers,
-    ContainerSpec,
-    give,
-    lease_uid,
-    uids_in_use,
-)
+from gpupool.agent.sandbox.container import Containers, ContainerSpec, lease_uid, uids_in_use
+from gpupool.agent.sandbox.cryptdisk import CryptDiskError
+from gpupool.agent.sandbox.disks import LeaseDisks
+from gpupool.agent.sandbox.gpus import GpuBinding, GpuBindingError
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
 from gpupool.agent.tasks import docker_available
 from gpupool.crypto.identity import Identity
 from gpupool.domain.leases import MemberState
-from gpupool.domain.models import DeviceSpec
+from gpupool.domain.models import DeviceKind, DeviceSpec
 from gpupool.domain.money import format_micros
 from gpupool.wire import models as w
 
@@ -65,6 +61,7 @@ class Agent:
         ray: RayNodes | None = None,
         mesh: MeshManager | None = None,
         containers: Containers | None = None,
+        disks: LeaseDisks | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -79,6 +76,11 @@ class Agent:
         self.ray = ray  # None: leases run without Ray (members are ready once sandboxed)
         self.mesh = mesh
         self.containers = containers  # None: no bwrap here, leases run in a cgroup only
+        # the GPU device nodes and environment of a lease's GPUs (sandbox/gpus.py, main.py)
+        self.gpu_binding: Callable[[Sequence[DeviceSpec]], GpuBinding] | None = None
+        self.disks = disks or LeaseDisks(
+            settings.state_dir, identity.worker_id, settings.encrypted_disk
+        )
         self.running: dict[str, Sandbox] = {}
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
@@ -105,12 +107,15 @@ class Agent:
             )
             if sandbox is None:
                 log.warning("event=lease_sandbox_lost lease=%s", lease_id)
+                self._destroy_disk(lease_id)
                 if self.ray is not None:
                     self.ray.cleanup(lease_id)  # its Ray files and scratch key go too
                 del self.state.leases[lease_id]
                 self.state.unreported.update((lease_id, d) for d in record.devices)
             else:
                 self.running[lease_id] = sandbox
+                if self.disks.adopt(lease_id) is None:
+                    log.warning("event=lease_disk_lost lease=%s", lease_id)
                 if self.ray is not None:
                     self.ray.adopt(lease_id, sandbox)
                 log.info("event=lease_adopted lease=%s sandbox=%s", lease_id, sandbox.path)
@@ -130,26 +135,38 @@ class Agent:
     def sandbox_kind(self) -> str:
         return self.containers.kind if self.containers is not None else self.sandboxes.kind
 
-    def container_spec(self, lease_id: str) -> ContainerSpec:
-        """The lease's container: its folder and Ray temp dir handed to a uid of its own.
-        Until the lease has a netns of its own, Ray talks over the host's network (loopback
-        between agents on one machine), as it did before containers."""
-        state_dir = self.settings.state_dir
-        lease_dir = state_dir / "leases" / lease_id
-        temp_dir = temp_dir_for(state_dir, self.identity.worker_id, lease_id)
+    def container_spec(self, lease_id: str, local_devices: Sequence[str] = ()) -> ContainerSpec:
+        """The lease's container, as a uid of its own: its one writable folder is the
+        encrypted disk, mounted at the lease's Ray temp dir (sandbox/disks.py). Until Ray
+        starts in the lease's own network namespace (ray/node.py), the container shares the
+        agent's network: a lease without the mesh talks over the host's."""
+        gpus = [
+            d
+            for d in self.devices
+            if d.kind is DeviceKind.GPU
+            and f"{self.identity.worker_id}:{d.local_name}" in local_devices
+        ]
+        binding = self.gpu_binding(gpus) if gpus and self.gpu_binding is not None else None
         uid = lease_uid(lease_id, uids_in_use())
-        for folder in (lease_dir, temp_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            give(folder, uid, uid)
+        disk = self.disks.create(lease_id, (uid, uid))
         return ContainerSpec(
             lease_id,
-            lease_dir,
+            disk.plain,
             uid,
             uid,
             share_host_network=True,
+            device_nodes=binding.device_nodes if binding else (),  # only the leased GPUs
+            env=binding.env if binding else {},
             pids_max=LEASE_PIDS_MAX,
-            binds=(Bind(temp_dir, writable=True),),
         )
+
+    def _destroy_disk(self, lease_id: str) -> bool:
+        try:
+            self.disks.destroy(lease_id)
+            return True
+        except CryptDiskError as exc:
+            log.error("event=lease_disk_teardown_failed lease=%s reason=%s", lease_id, exc)
+            return False
 
     def registration(self) -> w.WorkerRegister:
         s = self.settings
@@ -295,15 +312,19 @@ class Agent:
             }
         )
         try:
-            sandbox = (
-                self.containers.create(self.container_spec(a.lease_id), cores)
-                if self.containers is not None
-                else self.sandboxes.create(a.lease_id, cores)
-            )
-        except (SandboxError, OSError) as exc:
+            if self.containers is not None:
+                sandbox: Sandbox = self.containers.create(
+                    self.container_spec(a.lease_id, a.local_devices), cores
+                )
+            else:  # no container here: the lease runs as the agent's user, on its disk still
+                self.disks.create(a.lease_id)
+                sandbox = self.sandboxes.create(a.lease_id, cores)
+        except (SandboxError, CryptDiskError, GpuBindingError, OSError) as exc:
             log.error("event=lease_sandbox_failed lease=%s reason=%s", a.lease_id, exc)
+            self._destroy_disk(a.lease_id)
+            what = "disk" if isinstance(exc, CryptDiskError) else "sandbox"
             for device in a.local_devices:
-                self._report(a.lease_id, device, MemberState.FAILED, f"sandbox: {exc}")
+                self._report(a.lease_id, device, MemberState.FAILED, f"{what}: {exc}")
             return
         self.running[a.lease_id] = sandbox
         self.state.leases[a.lease_id] = LeaseRecord(sandbox.path, list(a.local_devices))
@@ -337,9 +358,13 @@ class Agent:
             log.error("event=lease_teardown_failed lease=%s reason=%s", lease_id, exc)
             return  # try again on the next answer
         self.sandboxes.repartition()  # the lease's cores go back to the system set
+        if not self._destroy_disk(lease_id):  # its key and ciphertext, before Ray's files
+            return  # try again on the next answer
         if self.ray is not None:
             self.ray.cleanup(lease_id)  # after the sandbox: no Ray process holds its files
         del self.running[lease_id]
+        if self.mesh is not None:  # its interface, namespace and forwarders, before "released"
+            self.mesh.sync(set(self.running))
         if self.prover is not None:
             self.prover.recorder.forget(lease_id)
         record = self.state.leases.pop(lease_id, None)

@@ -17,6 +17,7 @@ from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
 from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
+from gpupool.agent.mesh.leasenet import LeaseNetns, netns_of_interface
 from gpupool.agent.mesh.manager import MeshManager, lease_interface_name, local_address_towards
 from gpupool.agent.mesh.netprobe import NetProbe
 from gpupool.agent.mesh.wireguard import WireGuardError, WireGuardUnavailable, remove_interface
@@ -30,7 +31,7 @@ from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpus
 from gpupool.agent.sandbox.container import Containers, bwrap_path
 from gpupool.agent.sandbox.cpusets import find_partition
 from gpupool.agent.sandbox.cryptdisk import CryptDisk, reattach_disk
-from gpupool.agent.sandbox.gpus import lease_gpu_env
+from gpupool.agent.sandbox.gpus import bind_gpus, gpu_indices, lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.agent.settings import AgentSettings
@@ -137,6 +138,9 @@ def run_agent(settings: AgentSettings) -> None:
         if nvml is not None and agent.ray is not None:
             gpus = nvml  # a lease's Ray node sees exactly its GPUs, by UUID
             agent.ray.device_env = lambda specs: lease_gpu_env(gpus, specs)
+        if nvml is not None:
+            bound = nvml  # a lease's container gets only its GPUs' device nodes
+            agent.gpu_binding = lambda specs: bind_gpus(bound, gpu_indices(specs))
         guard = Guard(
             allow_exes=settings.guard_allow_exes,
             allow_cgroups=settings.guard_allow_cgroups,
@@ -187,14 +191,19 @@ def cleanup(
             sandboxes.release()
         for lease in sorted(leases):
             lease_dir = lease_root / lease
-            (reattach_disk(lease_dir) or CryptDisk.at(lease_dir)).destroy()
+            # the disk's plaintext is mounted at the lease's Ray temp dir (daemon.py)
+            plain = temp_dir_for(state_dir, worker, lease) if worker is not None else None
+            (reattach_disk(lease_dir, plain) or CryptDisk.at(lease_dir, plain)).destroy()
             Scratch.at(lease_dir).destroy()
             shutil.rmtree(lease_dir, ignore_errors=True)
             removed.append(f"lease folder {lease_dir}")
             if worker is not None:
                 shutil.rmtree(temp_dir_for(state_dir, worker, lease), ignore_errors=True)
+                interface = lease_interface_name(worker, lease)
                 with contextlib.suppress(WireGuardUnavailable, WireGuardError):
-                    remove_interface(lease_interface_name(worker, lease))
+                    remove_interface(interface)
+                with contextlib.suppress(WireGuardUnavailable, WireGuardError):
+                    LeaseNetns(netns_of_interface(interface)).destroy()
         state.leases.clear()
         state.save()
         return removed

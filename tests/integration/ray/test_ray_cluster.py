@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from gpupool.agent.ray.cmd import temp_dir_for
 from gpupool.agent.sandbox.scratch import Scratch, ScratchError
 from gpupool.client import ApiError, Client
+from gpupool.crypto.identity import load
 from gpupool.wire.models import ClusterOut
 from tests.integration.conftest import eventually, wait_state
 from tests.integration.ray.conftest import AGENTS, RayNet
@@ -35,6 +37,8 @@ devices = json.loads(os.environ["LEASE_DEVICES"])
 @ray.remote(num_cpus=1)
 def where(device):
     Scratch.from_env().write("secret.bin", ("plaintext of " + device).encode())
+    with open(os.path.join(os.environ["HOME"], "plain.txt"), "w") as f:  # no gpupool API
+        f.write("plaintext of " + device)
     return ray.get_runtime_context().get_node_id()
 
 ran_on = ray.get([where.options(resources={"device:" + d: 1}).remote(d) for d in devices])
@@ -131,28 +135,38 @@ def test_three_members_form_one_ray_cluster_that_runs_the_renters_job_everywhere
     assert [j.status for j in jobs] == ["SUCCEEDED"]
     assert "RESULT" in renter.job_logs(cluster.id, jobs[0].submission_id or "")
 
-    # Scratch data: encrypted on disk during the lease.
+    # Every file the job wrote is ciphertext on the supplier's disk: the lease's one writable
+    # folder is its encrypted disk (plaintext only through the live mount, ciphertext in the
+    # lease folder), the scratch helper's sealed file included.
     copies = []
     for name in AGENTS:
-        lease_dir = raynet.agent_dir(name) / "leases" / cluster.lease_id
-        sealed = (lease_dir / "scratch" / "secret.bin").read_bytes()
+        state = raynet.agent_dir(name)
+        home = temp_dir_for(state, load(state / "identity.key").worker_id, cluster.lease_id)
+        assert (home / "plain.txt").read_text().startswith("plaintext of ")  # root, mounted
+        cipher = state / "leases" / cluster.lease_id / "disk.cipher"
+        on_disk = [f for f in cipher.rglob("*") if f.is_file()]
+        assert on_disk and all(b"plaintext" not in f.read_bytes() for f in on_disk)
+        assert not list(cipher.rglob("plain.txt")) and not list(cipher.rglob("secret.bin"))
+        sealed = (home / "scratch" / "secret.bin").read_bytes()
         assert b"plaintext" not in sealed
-        assert Scratch(lease_dir / "scratch", lease_dir / "scratch.key").read("secret.bin")
-        assert (lease_dir / "scratch.key").stat().st_mode & 0o777 == 0o600
+        assert Scratch(home / "scratch", home / "scratch.key").read("secret.bin")
         copy = tmp_path / f"copy-{name}"
-        copy.mkdir()
+        shutil.copytree(cipher, copy / "disk")
         (copy / "secret.bin").write_bytes(sealed)
-        copies.append((copy, lease_dir / "scratch.key"))
+        copies.append((copy, home / "scratch.key"))
 
     renter.terminate(cluster.id)
     ended = wait_state(renter, cluster.id, "ended", timeout=60)
     assert {m.state for m in ended.members} == {"released"}
     assert _lease_leftovers(raynet, cluster) == []
-    # The key is gone with the lease: a copy of the ciphertext taken during it is unreadable.
+    # The keys are gone with the lease: a copy of the ciphertext taken during it is
+    # unreadable (tests/unit/agent/test_cryptdisk.py tries to open such a copy of the disk).
     for copy, key_file in copies:
         assert not key_file.exists()
         with pytest.raises(ScratchError):
             Scratch(copy, key_file).read("secret.bin")
+        assert (copy / "disk" / "gocryptfs.conf").exists()  # the copy, the wrapped key in it
+        assert not any(b"plaintext" in f.read_bytes() for f in copy.rglob("*") if f.is_file())
 
 
 def renter_key(client: Client) -> str:

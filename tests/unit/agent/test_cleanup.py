@@ -15,6 +15,7 @@ import pytest
 from gpupool.agent.main import IDENTITY_FILE, LEASES_DIR, STATE_FILE, cleanup
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root
 from gpupool.agent.sandbox.cryptdisk import CryptDisk, CryptDiskUnavailable, check_available
+from gpupool.agent.sandbox.disks import LeaseDisks
 from gpupool.agent.state import AgentState, LeaseRecord, StateDirBusy, lock_state_dir
 from gpupool.crypto.identity import load_or_create
 
@@ -56,9 +57,14 @@ def base() -> Iterator[Path]:
     try:
         yield folder
     finally:
-        for plain in folder.glob(f"*/{LEASES_DIR}/*/disk"):
-            with contextlib.suppress(Exception):
-                CryptDisk.at(plain.parent).destroy()
+        for state_dir in folder.iterdir():
+            if (state_dir / IDENTITY_FILE).exists():
+                disks = LeaseDisks(
+                    state_dir, load_or_create(state_dir / IDENTITY_FILE)[0].worker_id
+                )
+                for lease in (state_dir / LEASES_DIR).glob("*"):
+                    with contextlib.suppress(Exception):
+                        disks.destroy(lease.name)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -68,7 +74,8 @@ def _agent_with_a_lease(state_dir: Path, cgroup_root: Path, lease: str) -> tuple
     identity, _ = load_or_create(state_dir / IDENTITY_FILE)
     sandbox = Sandboxes(identity.worker_id, cgroup_root).create(lease)
     sleeper = sandbox.spawn(["sleep", "60"])
-    disk = CryptDisk.create(state_dir / LEASES_DIR / lease)
+    disk = LeaseDisks(state_dir, identity.worker_id).create(lease)  # where the agent mounts it
+    assert isinstance(disk, CryptDisk)
     (disk.plain / "data").write_text("renter data")
     state = AgentState(state_dir / STATE_FILE, {lease: LeaseRecord(sandbox.path, ["cpu-0"])})
     state.save()

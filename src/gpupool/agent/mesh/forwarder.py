@@ -22,8 +22,11 @@ import os
 import selectors
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
+T = TypeVar("T")
 log = logging.getLogger("gpupool.agent.mesh.forwarder")
 
 CLONE_NEWNET = 0x40000000
@@ -40,6 +43,28 @@ def enter_netns(path: str) -> None:
             raise OSError(errno, f"setns into {path}: {os.strerror(errno)}")
     finally:
         os.close(fd)
+
+
+def in_netns(path: str, call: Callable[[], T]) -> T:
+    """`call()` on a short-lived thread moved into the namespace at `path`, so that sockets
+    it makes (binding an address that exists only there, say) are the namespace's; the
+    calling thread never changes namespace."""
+    out: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            enter_netns(path)
+            out.append(call())
+        except BaseException as exc:  # handed back to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="in-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return out[0]
 
 
 def _thread_netns() -> int:

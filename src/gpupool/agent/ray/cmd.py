@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from gpupool.agent.mesh.forwarder import in_netns
 from gpupool.domain.ray import (
     MIN_OBJECT_STORE_BYTES,
     LocalDevice,
@@ -43,8 +44,11 @@ def temp_dir_for(state_dir: Path, worker_id: str, lease_id: str) -> Path:
     return Path(tempfile.gettempdir()) / f"gpr-{digest}"
 
 
-def _free_ports(address: str, count: int) -> list[int]:
-    """`count` distinct ports free on `address` now (all held open while choosing)."""
+def _free_ports(address: str, count: int, netns: str | None = None) -> list[int]:
+    """`count` distinct ports free on `address` now (all held open while choosing), in the
+    network namespace at `netns` when given (a sealed lease's overlay address is only there)."""
+    if netns is not None:
+        return in_netns(netns, lambda: _free_ports(address, count))
     with contextlib.ExitStack() as held:
         ports = []
         for _ in range(count):
@@ -67,6 +71,7 @@ def start_argv(
     object_store_bytes: int,
     head_gcs: str | None = None,
     dashboard_host: str | None = None,
+    netns: str | None = None,
 ) -> tuple[list[str], dict[str, int]]:
     """The `ray start` command line of one node, and the ports it takes. The head's dashboard
     listens on `dashboard_host` (default: the node's address)."""
@@ -81,7 +86,7 @@ def start_argv(
     ]
     if role is RayRole.HEAD:
         names += ["port", "dashboard-port", "ray-client-server-port"]
-    ports = dict(zip(names, _free_ports(address, len(names)), strict=True))
+    ports = dict(zip(names, _free_ports(address, len(names), netns), strict=True))
     # Below Linux's ephemeral range (32768 and up), where the free ports above come from: the
     # two never overlap (Ray refuses a port used twice).
     first_worker_port = WORKER_PORTS_FROM + secrets.randbelow(WORKER_PORTS_TO - WORKER_PORTS_FROM)

@@ -71,6 +71,7 @@ MESH_WAIT_SECONDS = 20.0
 RECORD_FILE = "ray.json"
 # Secrets of the agent never reach a lease's processes.
 _HIDDEN_ENV = ("GPUPOOL_KEY", "GPUPOOL_ADMIN_KEY")
+CONTAINER_RAY_TEMP = Path("/tmp/ray")  # noqa: S108 (inside the container: its own tmpfs)
 
 
 class RayStartError(Exception):
@@ -146,8 +147,8 @@ class RayNodes:
             if a.lease_id in self.nodes:
                 return
             head_worker = next(m.worker_id for m in a.members if m.device_id == a.head_device_id)
-            lease_dir = self._lease_dir(a.lease_id)
-            scratch = Scratch.create(lease_dir)
+            # The scratch helper lives on the lease's disk, the one folder its container writes
+            scratch = Scratch.create(temp_dir_for(self.state_dir, self.worker_id, a.lease_id))
             if isinstance(sandbox, ContainerSandbox):  # the lease's uid reads its own key
                 sandbox.give(scratch.directory)
                 sandbox.give(scratch.key_file)
@@ -190,7 +191,7 @@ class RayNodes:
             address=data["address"],
             mesh=bool(data["mesh"]),
             temp_dir=Path(data["temp_dir"]),
-            scratch=Scratch.at(self._lease_dir(lease_id)),
+            scratch=Scratch.at(Path(data["temp_dir"])),
             local_devices=list(data["local_devices"]),
             lease_devices=list(data["lease_devices"]),
             sandbox=sandbox,
@@ -216,7 +217,7 @@ class RayNodes:
         node = self.nodes.pop(lease_id, None)
         lease_dir = self._lease_dir(lease_id)
         temp_dir = node.temp_dir if node else temp_dir_for(self.state_dir, self.worker_id, lease_id)
-        scratch = node.scratch if node else Scratch.at(lease_dir)
+        scratch = node.scratch if node else Scratch.at(temp_dir)
         kill_processes_using(temp_dir, "=".join(next(iter(scratch.env().items()))))
         shutil.rmtree(temp_dir, ignore_errors=True)
         scratch.destroy()
@@ -284,14 +285,23 @@ class RayNodes:
         argv, node.ports = start_argv(
             node.role,
             node.address,
-            node.temp_dir,
+            # In a container, Ray's own files (its sockets, logs, spilled objects, jobs'
+            # working dirs) go to the container's private /tmp, memory that is never the
+            # supplier's disk and that dies with the container: gocryptfs refused some of
+            # Ray's dashboard sockets (EPERM) under load. Without one, the lease's folder.
+            CONTAINER_RAY_TEMP if isinstance(node.sandbox, ContainerSandbox) else node.temp_dir,
             devices,
             self.object_store_bytes,
             head_gcs,
             dashboard_host=dashboard_host,
+            netns=netns,
         )
         node.temp_dir.mkdir(parents=True, exist_ok=True)
-        self._ray_start(node, [*(["nsenter", f"--net={netns}"] if netns else []), *argv])
+        enter = ["nsenter", f"--net={netns}"] if netns else []
+        if netns and isinstance(node.sandbox, ContainerSandbox):
+            node.sandbox.join_network(Path(netns))  # the container's next spawns run there
+            enter = []
+        self._ray_start(node, [*enter, *argv])
         if node.role is RayRole.HEAD:
             node.gcs_address = f"{node.address}:{node.ports['port']}"
             dashboard = f"{dashboard_host}:{node.ports['dashboard-port']}"

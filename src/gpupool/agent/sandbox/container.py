@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpupool.agent.sandbox.cgroup import CgroupSandbox, SandboxError, Sandboxes
@@ -273,6 +273,13 @@ class ContainerSandbox:
     def give(self, path: Path) -> None:
         if self.spec is not None:
             give(path, self.spec.uid, self.spec.gid)
+
+    def join_network(self, netns: Path) -> None:
+        """Run the next spawns in the lease's own network namespace (its mesh is up there,
+        mesh/leasenet.py) instead of the one the container was made with."""
+        if self.spec is None:
+            raise SandboxError(f"lease {self.lease_id}: re-attached container takes no spawn")
+        self.spec = replace(self.spec, netns=netns, share_host_network=False)
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         if self.spec is None:

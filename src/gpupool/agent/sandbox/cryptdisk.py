@@ -152,24 +152,28 @@ class CryptDisk:
         return True
 
     @classmethod
-    def at(cls, lease_dir: Path) -> CryptDisk:
-        """The disk of the lease whose folder is `lease_dir`, mounted or not."""
-        return cls(lease_dir / PLAIN_DIR, lease_dir / CIPHER_DIR)
+    def at(cls, lease_dir: Path, plain: Path | None = None) -> CryptDisk:
+        """The disk of the lease whose folder is `lease_dir`, mounted or not: its ciphertext
+        in the lease folder, its plaintext at `plain` (default: `lease_dir/disk`; the agent
+        mounts it at the lease's short Ray temp dir path, Ray's sockets live there)."""
+        return cls(plain or lease_dir / PLAIN_DIR, lease_dir / CIPHER_DIR)
 
     @classmethod
-    def create(cls, lease_dir: Path, owner: tuple[int, int] | None = None) -> CryptDisk:
+    def create(
+        cls, lease_dir: Path, owner: tuple[int, int] | None = None, plain: Path | None = None
+    ) -> CryptDisk:
         """A fresh encrypted disk, mounted at `.plain` for every uid (allow_other) but with
         its root owned by `owner` (uid, gid) and mode 0700, so the lease's uid and root, and
         no other, may enter it. Raises CryptDiskUnavailable or CryptDiskError."""
         check_available()
-        disk = cls.at(lease_dir)
+        disk = cls.at(lease_dir, plain)
         if disk.mounted:
             raise CryptDiskError(f"{disk.plain} is already mounted: adopt it instead")
         lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for folder in (disk.cipher, disk.plain):
             if folder.exists() and any(folder.iterdir()):
                 raise CryptDiskError(f"{folder} is not empty: a previous disk was not destroyed")
-            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         password = _new_password()
         try:
             _gocryptfs(["-init", "-scryptn", str(SCRYPT_LOG_N), str(disk.cipher)], password)
@@ -189,11 +193,11 @@ class CryptDisk:
         return disk
 
     @classmethod
-    def adopt(cls, lease_dir: Path) -> CryptDisk | None:
+    def adopt(cls, lease_dir: Path, plain: Path | None = None) -> CryptDisk | None:
         """The live disk of a lease after an agent restart; None if it is not mounted (the
         machine rebooted, say: the key is gone and so is the data; `destroy` still clears
         the ciphertext)."""
-        disk = cls.at(lease_dir)
+        disk = cls.at(lease_dir, plain)
         return disk if disk.mounted else None
 
     @property
@@ -247,8 +251,10 @@ class PlainDisk:
         return False
 
     @classmethod
-    def create(cls, lease_dir: Path, owner: tuple[int, int] | None = None) -> PlainDisk:
-        disk = cls(lease_dir / PLAIN_DIR)
+    def create(
+        cls, lease_dir: Path, owner: tuple[int, int] | None = None, plain: Path | None = None
+    ) -> PlainDisk:
+        disk = cls(plain or lease_dir / PLAIN_DIR)
         disk.plain.mkdir(parents=True, exist_ok=True, mode=0o700)
         if owner is not None:
             os.chown(disk.plain, *owner)
@@ -258,21 +264,26 @@ class PlainDisk:
         shutil.rmtree(self.plain, ignore_errors=True)
 
 
-def lease_disk(lease_dir: Path, encrypt: bool, owner: tuple[int, int] | None = None) -> LeaseDisk:
+def lease_disk(
+    lease_dir: Path,
+    encrypt: bool,
+    owner: tuple[int, int] | None = None,
+    plain: Path | None = None,
+) -> LeaseDisk:
     """The lease's writable disk at bring-up: encrypted unless the supplier opted out.
     Encryption that cannot be had raises CryptDiskUnavailable; it never falls back."""
     if encrypt:
-        return CryptDisk.create(lease_dir, owner)
-    return PlainDisk.create(lease_dir, owner)
+        return CryptDisk.create(lease_dir, owner, plain)
+    return PlainDisk.create(lease_dir, owner, plain)
 
 
-def reattach_disk(lease_dir: Path) -> LeaseDisk | None:
+def reattach_disk(lease_dir: Path, plain: Path | None = None) -> LeaseDisk | None:
     """The disk of a lease found after an agent restart: the live encrypted mount, or the
     plain folder of an opted-out lease, or None if neither survives."""
-    disk = CryptDisk.adopt(lease_dir)
+    disk = CryptDisk.adopt(lease_dir, plain)
     if disk is not None:
         return disk
     if (lease_dir / CIPHER_DIR).exists():
         return None  # an encrypted disk whose mount (and key) is gone
-    plain = PlainDisk(lease_dir / PLAIN_DIR)
-    return plain if plain.plain.is_dir() else None
+    folder = PlainDisk(plain or lease_dir / PLAIN_DIR)
+    return folder if folder.plain.is_dir() else None
