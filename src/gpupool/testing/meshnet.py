@@ -50,14 +50,16 @@ class MeshWorld:
                     a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a
                 ]
                 if argv and Path(argv[0]).name == "wireguard-go":  # wireguard-go -f NAME
-                    return netns_of_interface(argv[-1])
+                    try:
+                        return netns_of_interface(argv[-1])
+                    except ValueError:  # not a lease's: a renter's connected machine, say
+                        continue
         return None
 
     def in_lease(self, name: str, *argv: str, check: bool = True) -> str:
-        """Run a command inside the host's lease namespace (as the lease's processes do)."""
-        netns = self.lease_netns(name)
-        if netns is None:
-            raise LookupError(f"{name} runs no lease interface")
+        """Run a command inside the host's lease namespace (as the lease's processes do), or,
+        on a host without a lease (the renter's connected machine), in the host's own."""
+        netns = self.lease_netns(name) or self.host(name).netns
         done = subprocess.run(
             ["ip", "netns", "exec", netns, *argv],
             check=False,

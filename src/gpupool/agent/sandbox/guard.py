@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.agent.sandbox.cgroup import CgroupSandbox, Sandbox
+from gpupool.agent.sandbox.container import ContainerSandbox
 from gpupool.agent.sandbox.cpusets import SYSTEM_NAME, is_lease_cpuset
 from gpupool.agent.sandbox.procs import ProcessInfo, list_processes, parse_cpu_list
 from gpupool.domain.models import DeviceKind
@@ -162,6 +163,8 @@ class Guard:
 
     def _lease_cpuset(self, sandbox: Sandbox) -> str | None:
         """The lease's v1 cpuset as /proc/<pid>/cgroup names it, where it has one."""
+        if isinstance(sandbox, ContainerSandbox):  # the container's cgroup holds its cpuset
+            sandbox = sandbox.cgroup
         directory = sandbox.cpuset_dir if isinstance(sandbox, CgroupSandbox) else None
         # <cpuset root>/gpupool-<worker>/<lease>, as `CgroupSandbox.create` lays it out
         return f"/{directory.parent.name}/{directory.name}" if directory is not None else None
