@@ -2,8 +2,11 @@
 
 Starts a coordinator (SQLite in a temporary state folder) and three agents as separate
 processes, books a 2-device cluster as a renter, watches it become ready (its Ray cluster
-joined), runs a distributed Ray job on it (cli/raydemo.py), extends it, terminates it,
-watches every device come back, and prints a summary. The devices are CPU core groups: this
+joined), shows each member sealed in its container (cli/sealdemo.py), runs a distributed Ray
+job on it (cli/raydemo.py) and a job that writes a file the supplier finds only as
+ciphertext, plays a supplier process that pushes onto a leased core, extends the cluster,
+terminates it, shows the file's copy cannot be opened, watches every device come back, and
+prints a summary. The devices are CPU core groups: this
 machine has no GPU, and gpupool never pretends one.
 """
 
@@ -12,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +29,9 @@ from gpupool.cli.common import err, out, print_json, table, when
 from gpupool.cli.ledger import settlement_summary, settlement_table
 from gpupool.cli.proof import summary as proof_summary
 from gpupool.cli.raydemo import run_rtt_search
+from gpupool.cli.sealdemo import after_the_lease, intrude, show_members, write_secret
 from gpupool.client import Client
 from gpupool.localnet import LocalNetwork
-from gpupool.wire.models import ClusterOut, WorkerOut
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
@@ -99,10 +101,12 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
             f"• {cluster.id} is [bold]{cluster.state}[/bold] after {to_ready:.1f} s "
             f"(head {cluster.head_device_id})"
         )
+        members = show_members(cluster, workers, say)
         ray_summary = run_rtt_search(gp, cluster.id, say)
+        evidence = write_secret(gp, net, cluster, say)
         cluster = gp.extend(cluster.id, 1)
         say.print(f"• extended by 1 h: now ends {when(cluster.t2)}")
-        intrusion = _intrude(cluster, workers, say)
+        intrusion = intrude(net, cluster, workers, say)
         stopping = time.monotonic()
         gp.terminate(cluster.id)
         cluster = wait_for_state(gp, cluster.id, ("ended",), 120, quiet)
@@ -112,6 +116,7 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
             f"{to_end:.1f} s; every device is back in the pool"
         )
         cert = gp.proof(cluster.id)
+    disk = after_the_lease(evidence, say)
     say.print(
         table(
             "lease history",
@@ -143,34 +148,5 @@ def _run(net: LocalNetwork, devices: int, say: Console, quiet: bool) -> dict[str
         "seconds_to_ended": round(to_end, 3),
         "potl": {**potl, "foreign_process": intrusion},
         "ray": ray_summary,
+        "sealed": {"members": members, "disk": disk},
     }
-
-
-def _intrude(cluster: ClusterOut, workers: list[WorkerOut], say: Console) -> dict[str, Any]:
-    """Play a cheating supplier: start a process pinned to a leased core, and time how long
-    the guard lets it live."""
-    devices = {d.id: d for w in workers for d in w.devices}
-    target = devices[cluster.members[0].device_id]
-    core = target.cores[0]
-    started = time.monotonic()
-    intruder = subprocess.Popen(
-        ["taskset", "-c", str(core), "sleep", "600"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    say.print(
-        f"• started a foreign process (pid {intruder.pid}) on core {core}, leased as {target.id}"
-    )
-    try:
-        intruder.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        intruder.kill()
-        intruder.wait()
-        say.print("• [red]the guard did not kill it within 15 s[/red]; killed it myself")
-        return {"pid": intruder.pid, "killed_by_guard": False}
-    lived = time.monotonic() - started
-    say.print(f"• the guard killed it after {lived:.2f} s (signal {-intruder.returncode})")
-    time.sleep(1.5)  # let the lease run on a little after the intrusion
-    return {"pid": intruder.pid, "killed_by_guard": True, "lived_seconds": round(lived, 3)}
