@@ -45,7 +45,7 @@ class AgentSettings:
     # (None: the local address used to reach the coordinator).
     mesh: bool = True
     mesh_advertise: str | None = None
-    # Encrypt each lease's writable disk with gocryptfs (docs/cryptdisk.md). Off only by the
+    # Encrypt each lease's writable disk with gocryptfs (docs/sandbox.md). Off only by the
     # supplier's explicit choice: with it on, a machine without gocryptfs or FUSE fails its
     # leases with the reason instead of running them unencrypted.
     encrypted_disk: bool = True

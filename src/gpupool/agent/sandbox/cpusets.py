@@ -1,7 +1,7 @@
 """The machine's cores partitioned between leases and everything else: a "system" cpuset holds
 every process that is in no gpupool lease, on the online cores minus the union of every
 gpupool lease cpuset on the machine, so the supplier's own programs step off leased cores
-instead of being killed for running there (docs/cpusets.md).
+instead of being killed for running there (docs/sandbox.md).
 
 The v1 cpuset hierarchy (a v1/v2 hybrid keeps cpuset there) is laid out as
 

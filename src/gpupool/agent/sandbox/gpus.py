@@ -6,7 +6,7 @@ with, `CUDA_VISIBLE_DEVICES` / `NVIDIA_VISIBLE_DEVICES` set to the UUIDs.
 UUIDs rather than indices, because CUDA's and NVML's index orders differ (CUDA orders by
 speed unless CUDA_DEVICE_ORDER=PCI_BUS_ID) while a UUID names one device everywhere; Ray reads
 the list and hands out its ids 0..n-1 as positions in it, so Ray's GPU 0 inside the lease is
-the lease's first GPU, whatever its index on the machine (docs/cpusets.md).
+the lease's first GPU, whatever its index on the machine (docs/sandbox.md).
 """
 
 from __future__ import annotations
