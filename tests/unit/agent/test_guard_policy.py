@@ -162,3 +162,44 @@ def test_a_lease_process_is_never_the_agents_own_even_though_the_agent_started_i
     assert guard.owner(escaped, set(), by_pid, {200}) == "foreign"
     assert guard.owner(helper, set(), by_pid, {200}) == "system"
     assert guard.owner(init, {200}, by_pid, {200}) == "lease"
+
+
+@needs_cpusets
+def test_a_container_leases_processes_are_the_leases_on_its_cores() -> None:
+    """The container sandbox holds its cpuset through its cgroup: the guard lists the
+    container's processes on the leased core as the lease's, and kills none of them."""
+    from gpupool.agent.sandbox.container import (
+        Containers,
+        ContainerSpec,
+        bwrap_path,
+        give,
+        lease_uid,
+        uids_in_use,
+    )
+
+    bwrap = bwrap_path()
+    if bwrap is None:
+        pytest.skip("needs bwrap")
+    assert ROOT is not None
+    boxes = Sandboxes(f"gps-ctr{os.getpid()}", ROOT, CPUSETS)
+    home = Path(f"/tmp/gps-ctr{os.getpid()}")
+    home.mkdir()
+    uid = lease_uid("l-gps-ctr", uids_in_use())
+    give(home, uid, uid)
+    spec = ContainerSpec("l-gps-ctr", home, uid, uid, share_host_network=True, pids_max=64)
+    box = Containers(boxes, f"gps-ctr{os.getpid()}", bwrap).create(spec, [LEASED])
+    try:
+        box.spawn(["sleep", "60"])
+        wait_until(lambda: any(Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
+                               for p in box.pids()))  # fmt: skip
+        view = LeaseView(
+            "l-gps-ctr", box, [DeviceView("w:cpu9", "cpu9", DeviceKind.CPU, (LEASED,))]
+        )
+        [seen] = Guard(agent_pid=ELSEWHERE).scan([view])
+        mine = {pid for pid, _, owner in seen.processes if owner == "lease"}
+        assert mine and mine <= box.pids()
+        assert not seen.violations
+    finally:
+        box.destroy()
+        boxes.release()
+        home.rmdir()
