@@ -30,7 +30,8 @@ from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.sandbox.container import Containers, bwrap_path
 from gpupool.agent.sandbox.cpusets import find_partition
-from gpupool.agent.sandbox.cryptdisk import CryptDisk, reattach_disk
+from gpupool.agent.sandbox.cryptdisk import CIPHER_DIR, CryptDisk, reattach_disk
+from gpupool.agent.sandbox.disks import LeaseDisks
 from gpupool.agent.sandbox.gpus import bind_gpus, gpu_indices, lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.sandbox.scratch import Scratch
@@ -209,3 +210,36 @@ def cleanup(
         return removed
     finally:
         lock.close()
+
+
+def lease_report(state_dir: Path) -> list[dict[str, object]]:
+    """What the agent in `state_dir` runs, as its supplier sees it on the host: each lease's
+    sandbox, devices, cpuset and disk (where the ciphertext and the plaintext mount are, and
+    whether it is encrypted and mounted). Reads only; the agent may be running."""
+    identity_file = state_dir / IDENTITY_FILE
+    if not identity_file.exists():
+        return []
+    worker = load(identity_file).worker_id
+    state = AgentState.load(state_dir / STATE_FILE)
+    disks = LeaseDisks(state_dir, worker)
+    cpusets = find_cpuset_root()
+    out: list[dict[str, object]] = []
+    for lease_id, record in sorted(state.leases.items()):
+        lease_dir, plain = disks.paths(lease_id)
+        mounted = CryptDisk.at(lease_dir, plain).mounted
+        out.append(
+            {
+                "lease_id": lease_id,
+                "worker_id": worker,
+                "sandbox": record.sandbox,
+                "devices": record.devices,
+                "cpuset": str(cpusets / f"gpupool-{worker}" / lease_id) if cpusets else None,
+                "disk": {
+                    "encrypted": (lease_dir / CIPHER_DIR).is_dir(),
+                    "mounted": mounted,
+                    "ciphertext": str(lease_dir / CIPHER_DIR),
+                    "plaintext": str(plain),
+                },
+            }
+        )
+    return out

@@ -19,10 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from gpupool.agent.ray.cmd import temp_dir_for
-from gpupool.agent.sandbox.cgroup import find_cpuset_root
 from gpupool.client import Client
-from gpupool.crypto.identity import load
 from gpupool.localnet import LocalNetwork
 from gpupool.wire.models import ClusterOut, WorkerOut
 
@@ -39,14 +36,6 @@ class DiskEvidence:
     copy: Path  # what a thief copied during the lease
     marker: str
     summary: dict[str, Any]
-
-
-def _agent_dir(net: LocalNetwork, worker_id: str) -> Path:
-    for index in range(net.agents):
-        folder = net.agent_dir(index)
-        if load(folder / "identity.key").worker_id == worker_id:
-            return folder
-    raise LookupError(f"no local agent runs worker {worker_id}")
 
 
 def show_members(cluster: ClusterOut, workers: list[WorkerOut], say: Console) -> list[Any]:
@@ -74,9 +63,11 @@ def write_secret(gp: Client, net: LocalNetwork, cluster: ClusterOut, say: Consol
             raise TimeoutError("the demo's disk job did not finish in 120 s")
         time.sleep(0.5)
     head = next(m for m in cluster.members if m.device_id == cluster.head_device_id)
-    folder = _agent_dir(net, head.worker_id)
-    cipher = folder / "leases" / cluster.lease_id / "disk.cipher"
-    plain = temp_dir_for(folder, head.worker_id, cluster.lease_id) / RENTER_FILE
+    [lease] = [x for x in net.agent_leases(head.worker_id) if x["lease_id"] == cluster.lease_id]
+    cipher, plain = (
+        Path(lease["disk"]["ciphertext"]),
+        Path(lease["disk"]["plaintext"]) / RENTER_FILE,
+    )
     stored = [f for f in cipher.rglob("*") if f.is_file()]
     in_cipher = any(marker.encode() in f.read_bytes() for f in stored)
     named = any(RENTER_FILE in f.name for f in stored)
@@ -137,11 +128,10 @@ def intrude(net: LocalNetwork, cluster: ClusterOut, workers: list[WorkerOut], sa
     time how long the guard lets it live."""
     devices = {d.id: (w, d) for w in workers for d in w.devices}
     worker, device = devices[cluster.members[0].device_id]
-    root = find_cpuset_root()
-    if root is None:
+    [lease] = [x for x in net.agent_leases(worker.id) if x["lease_id"] == cluster.lease_id]
+    if lease["cpuset"] is None:
         say.print("• no cpuset hierarchy here: the intrusion step is skipped")
         return {"skipped": "no cpuset hierarchy"}
-    lease_cpuset = root / f"gpupool-{worker.id}" / cluster.lease_id
     started = time.monotonic()
     intruder = subprocess.Popen(
         ["sleep", "600"],
@@ -150,7 +140,7 @@ def intrude(net: LocalNetwork, cluster: ClusterOut, workers: list[WorkerOut], sa
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    (lease_cpuset / "cgroup.procs").write_text(f"{intruder.pid}\n")  # as root: "I run here"
+    (Path(lease["cpuset"]) / "cgroup.procs").write_text(f"{intruder.pid}\n")  # as root
     say.print(
         f"• a supplier process (pid {intruder.pid}) moved itself into {device.id}'s cpuset "
         f"(cores {','.join(map(str, device.cores))})"

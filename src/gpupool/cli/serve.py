@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gpupool.cli.common import CliError, KeyOpt, err
+from gpupool.cli.common import CliError, KeyOpt, err, out, print_json
 
 coordinator_app = typer.Typer(
     help="Run the coordinator; show or pin its public key.", no_args_is_help=True
@@ -299,3 +299,37 @@ def agent_cleanup(
     for line in removed:
         err.print(f"removed {line}")
     err.print(f"{len(removed)} leftovers removed; the identity in {state_dir} is kept")
+
+
+@agent_app.command("leases")
+def agent_leases(
+    state_dir: Annotated[Path, typer.Option(help="The agent's state folder.")] = DEFAULT_STATE
+    / "agent",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What this machine's agent runs: each lease's sandbox, devices, cpuset and encrypted
+    disk (ciphertext and mount paths). Reads the state folder; the agent may be running."""
+    from gpupool.agent.main import lease_report
+    from gpupool.crypto.identity import KeyFileError
+
+    if not state_dir.is_dir():
+        raise CliError(f"no agent state folder at {state_dir}", 2)
+    try:
+        leases = lease_report(state_dir)
+    except (KeyFileError, OSError, ValueError) as exc:
+        raise CliError(f"cannot read {state_dir}: {exc}") from exc
+    if json_out:
+        print_json(leases)
+        return
+    if not leases:
+        out.print("no leases")
+    for lease in leases:
+        disk, devices = lease["disk"], lease["devices"]
+        assert isinstance(disk, dict) and isinstance(devices, list)
+        state = ("encrypted" if disk["encrypted"] else "NOT encrypted") + (
+            ", mounted" if disk["mounted"] else ", not mounted"
+        )
+        out.print(
+            f"{lease['lease_id']}: sandbox {lease['sandbox']}, devices "
+            f"{', '.join(map(str, devices))}; disk {state} at {disk['plaintext']}"
+        )

@@ -8,6 +8,7 @@ user could read it in the process list) and tear their leases down when stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,11 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from gpupool.client import ApiError, Client
 from gpupool.crypto.apikeys import new_api_key
-from gpupool.crypto.identity import write_secret
+from gpupool.crypto.identity import load, write_secret
 
 T = TypeVar("T")
 
@@ -204,6 +205,27 @@ class LocalNetwork:
 
     def agent_dir(self, index: int) -> Path:
         return self.state_dir / f"agent-{index + 1}"
+
+    def agent_leases(self, worker_id: str) -> list[dict[str, Any]]:
+        """`gpupool agent leases --json` of the local agent running `worker_id`: what its
+        supplier sees on the host (each lease's sandbox, cpuset and disk paths)."""
+        for index in range(self.agents):
+            folder = self.agent_dir(index)
+            if load(folder / "identity.key").worker_id != worker_id:
+                continue
+            argv = [sys.executable, "-m", "gpupool", "agent", "leases", "--state-dir"]
+            done = subprocess.run(
+                [*argv, str(folder), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"gpupool agent leases: {done.stderr.strip()[-300:]}")
+            leases: list[dict[str, Any]] = json.loads(done.stdout)
+            return leases
+        raise LookupError(f"no local agent runs worker {worker_id}")
 
     def start_agent(self, index: int, teardown_on_exit: bool = True) -> None:
         """Start agent `index` (again); a restarted agent keeps its state folder."""
