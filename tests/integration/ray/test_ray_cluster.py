@@ -255,3 +255,26 @@ def test_a_restarted_agent_takes_its_ray_node_back_and_still_reports_its_death(
     renter.terminate(cluster.id)
     wait_state(renter, cluster.id, "ended", timeout=60)
     eventually(lambda: _lease_leftovers(raynet, cluster) == [], 30, "the lease's Ray to be gone")
+
+
+def test_a_restarted_head_agent_forwards_the_dashboard_again(raynet: RayNet) -> None:
+    """A sealed head's dashboard is reached through its agent's forwarder, which dies with
+    the agent: the restarted agent makes it again and reports where, so the renter's jobs
+    still go through the coordinator."""
+    renter = raynet.renter("head-restarts")
+    cluster = _book(renter)
+    head = next(n for n in renter.cluster_ray(cluster.id).nodes if n.role == "head")
+    host = raynet.host_of(head.worker_id)
+    assert renter.jobs(cluster.id) == []  # through the proxy and the forwarder
+    raynet.kill_agent(host)
+    raynet.start_agent(host)
+
+    def jobs_answer() -> bool | None:
+        try:
+            return renter.jobs(cluster.id) == []
+        except ApiError:  # the old forwarder's port: nobody listens there any more
+            return None
+
+    assert eventually(jobs_answer, 60, "the job proxy to reach the head again")
+    renter.terminate(cluster.id)
+    wait_state(renter, cluster.id, "ended", timeout=60)

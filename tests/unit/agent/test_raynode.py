@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,3 +55,21 @@ def test_a_mesh_known_to_be_off_is_not_waited_for(tmp_path: Path) -> None:
     nodes.overlay_address = lambda lease_id: None
     nodes.mesh_unavailable = lambda: True  # MESH_WAIT_SECONDS (20 s) would fail the test run
     assert nodes._bind_address(_node(tmp_path)) == ("192.0.2.7", False)
+
+
+def test_the_start_log_is_read_without_following_a_link_the_lease_planted(tmp_path: Path) -> None:
+    from gpupool.agent.ray.node import RayStartError, _read_no_follow
+
+    secret = tmp_path / "root-only"
+    secret.write_text("the agent's secret")
+    log = tmp_path / "ray-start.log"
+    log.symlink_to(secret)  # what a hostile lease could leave in its own folder
+    with pytest.raises(OSError):
+        _read_no_follow(log)
+    fifo = tmp_path / "ray-start.rc"
+    os.mkfifo(fifo)
+    with pytest.raises(RayStartError, match="not a regular file"):
+        _read_no_follow(fifo)
+    plain = tmp_path / "plain.log"
+    plain.write_text("x" * 10 + "tail")
+    assert _read_no_follow(plain, limit=4) == "tail"

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -72,6 +73,19 @@ RECORD_FILE = "ray.json"
 # Secrets of the agent never reach a lease's processes.
 _HIDDEN_ENV = ("GPUPOOL_KEY", "GPUPOOL_ADMIN_KEY")
 CONTAINER_RAY_TEMP = Path("/tmp/ray")  # noqa: S108 (inside the container: its own tmpfs)
+
+
+def _read_no_follow(path: Path, limit: int = 1 << 16) -> str:
+    """The last `limit` bytes of a regular file, refusing a symbolic link (O_NOFOLLOW)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RayStartError(f"{path.name} is not a regular file")
+        os.lseek(fd, max(0, info.st_size - limit), os.SEEK_SET)
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 class RayStartError(Exception):
@@ -199,12 +213,13 @@ class RayNodes:
             node_id=data.get("node_id"),
             gcs_address=data.get("gcs_address"),
             dashboard_url=data.get("dashboard_url"),
+            ports={str(k): int(v) for k, v in (data.get("ports") or {}).items()},
         )
         with self._lock:
             self.nodes[lease_id] = node
         if node.joined:
             node.thread = threading.Thread(
-                target=self._monitor, args=(node,), name=f"ray-{lease_id}", daemon=True
+                target=self._readopt, args=(node,), name=f"ray-{lease_id}", daemon=True
             )
             node.thread.start()
         elif node.state is not RayNodeState.FAILED:
@@ -366,9 +381,10 @@ class RayNodes:
                 raise RayStartError("the lease ended during bring-up")
             if time.monotonic() > deadline:
                 raise RayStartError(f"`ray start` did not finish within {START_TIMEOUT:.0f} s")
-        rc = rc_path.read_text().strip()
+        # The lease's uid owns this folder: read as root without following a link it planted
+        rc = _read_no_follow(rc_path).strip()
         if rc != "0":
-            tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+            tail = _read_no_follow(log_file).strip().splitlines()[-3:]
             raise RayStartError(f"`ray start` exited {rc}: {' | '.join(tail)[-600:]}")
 
     def _wait_joined(self, node: LeaseNode) -> None:
@@ -395,6 +411,30 @@ class RayNodes:
             if time.monotonic() > deadline:
                 raise RayStartError(f"not joined within {JOIN_TIMEOUT:.0f} s ({last})")
             node.stop.wait(POLL_SECONDS)
+
+    def _readopt(self, node: LeaseNode) -> None:
+        """After a restart: a sealed head's dashboard forwarder lived in the old agent, so
+        make it again once the lease's mesh is back, report where it listens, then watch."""
+        port = node.ports.get("dashboard-port")
+        if node.role is RayRole.HEAD and node.mesh and self.forward is not None and port:
+            deadline = time.monotonic() + MESH_WAIT_SECONDS
+            while self.lease_netns(node.lease_id) is None and not node.stop.is_set():
+                if time.monotonic() > deadline:
+                    log.warning("event=forwarder_not_restored lease=%s", node.lease_id)
+                    break
+                node.stop.wait(POLL_SECONDS)
+            if self.lease_netns(node.lease_id) is not None:
+                try:
+                    listen = self.forward(
+                        node.lease_id, node.address, port, self.ordinary_address()
+                    )
+                    node.dashboard_url = f"http://{listen}"
+                    self._report(node, node.state)
+                except (OSError, LinkError) as exc:
+                    log.warning(
+                        "event=forwarder_not_restored lease=%s reason=%s", node.lease_id, exc
+                    )
+        self._monitor(node)
 
     def _monitor(self, node: LeaseNode) -> None:
         """Report the node's death: its raylet (and, on the head, its GCS) gone."""
@@ -451,6 +491,7 @@ class RayNodes:
             "node_id": node.node_id,
             "gcs_address": node.gcs_address,
             "dashboard_url": node.dashboard_url,
+            "ports": node.ports,
         }
         path = self._record(node.lease_id)
         path.parent.mkdir(parents=True, exist_ok=True)
