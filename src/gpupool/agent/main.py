@@ -30,7 +30,7 @@ from gpupool.agent.ray.node import RayNodes
 from gpupool.agent.sandbox.cgroup import Sandboxes, find_cgroup2_root, find_cpuset_root
 from gpupool.agent.sandbox.container import Containers, bwrap_path
 from gpupool.agent.sandbox.cpusets import find_partition
-from gpupool.agent.sandbox.cryptdisk import CIPHER_DIR, CryptDisk, reattach_disk
+from gpupool.agent.sandbox.cryptdisk import CIPHER_DIR, CryptDisk
 from gpupool.agent.sandbox.disks import LeaseDisks
 from gpupool.agent.sandbox.gpus import bind_gpus, gpu_indices, lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
@@ -192,9 +192,8 @@ def cleanup(
             sandboxes.release()
         for lease in sorted(leases):
             lease_dir = lease_root / lease
-            # the disk's plaintext is mounted at the lease's Ray temp dir (daemon.py)
-            plain = temp_dir_for(state_dir, worker, lease) if worker is not None else None
-            (reattach_disk(lease_dir, plain) or CryptDisk.at(lease_dir, plain)).destroy()
+            if worker is not None:  # its disk, where the agent mounts it (sandbox/disks.py)
+                LeaseDisks(state_dir, worker).destroy(lease)
             Scratch.at(lease_dir).destroy()
             shutil.rmtree(lease_dir, ignore_errors=True)
             removed.append(f"lease folder {lease_dir}")

@@ -38,6 +38,12 @@ class DiskEvidence:
     summary: dict[str, Any]
 
 
+def _lease(net: LocalNetwork, worker_id: str, lease_id: str) -> dict[str, Any]:
+    """The lease as `gpupool agent leases` on its member's host reports it."""
+    [lease] = [x for x in net.agent_leases(worker_id) if x["lease_id"] == lease_id]
+    return lease
+
+
 def show_members(cluster: ClusterOut, workers: list[WorkerOut], say: Console) -> list[Any]:
     devices = {d.id: (w, d) for w in workers for d in w.devices}
     rows = []
@@ -63,7 +69,7 @@ def write_secret(gp: Client, net: LocalNetwork, cluster: ClusterOut, say: Consol
             raise TimeoutError("the demo's disk job did not finish in 120 s")
         time.sleep(0.5)
     head = next(m for m in cluster.members if m.device_id == cluster.head_device_id)
-    [lease] = [x for x in net.agent_leases(head.worker_id) if x["lease_id"] == cluster.lease_id]
+    lease = _lease(net, head.worker_id, cluster.lease_id)
     cipher, plain = (
         Path(lease["disk"]["ciphertext"]),
         Path(lease["disk"]["plaintext"]) / RENTER_FILE,
@@ -128,7 +134,7 @@ def intrude(net: LocalNetwork, cluster: ClusterOut, workers: list[WorkerOut], sa
     time how long the guard lets it live."""
     devices = {d.id: (w, d) for w in workers for d in w.devices}
     worker, device = devices[cluster.members[0].device_id]
-    [lease] = [x for x in net.agent_leases(worker.id) if x["lease_id"] == cluster.lease_id]
+    lease = _lease(net, worker.id, cluster.lease_id)
     if lease["cpuset"] is None:
         say.print("• no cpuset hierarchy here: the intrusion step is skipped")
         return {"skipped": "no cpuset hierarchy"}

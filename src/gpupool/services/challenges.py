@@ -273,16 +273,16 @@ class Challenges:
             if len(values) != c.n:
                 raise InvalidRequest(f"the sketch has {len(values)} values, expected {c.n}")
             took, allowed = now - c.probed_at, self.sizing.memory_deadline(c.n, c.held)
-            if took > allowed:
+            late = took > allowed
+            if late:
                 reason = (
                     f"the sketch of {c.held} held states took {took:.3g} s, over the "
                     f"{allowed:.3g} s a device holding them in its memory needs"
                 )
                 self._finish(tx, c, "failed", reason, now)
-                rows: list[int] = []
             else:
                 rows = self._pick_rows(tx, c, values)
-        if not rows:
+        if late:  # refused once the judgement is committed
             raise Conflict(f"challenge {challenge_id}: the sketch came too late")
         return rows
 

@@ -316,15 +316,8 @@ def run_pinned(
     env = {**os.environ, "OPENBLAS_NUM_THREADS": count, "OMP_NUM_THREADS": count}
     with tempfile.TemporaryDirectory(prefix="gpupool-challenge-") as tmp:
         out = Path(tmp) / "product.npy"
-        argv = [
-            sys.executable,
-            "-m",
-            "gpupool.agent.proof.challenge",
-            str(n),
-            str(seed_a),
-            str(seed_b),
-        ]
-        argv.append(str(steps))
+        module = "gpupool.agent.proof.challenge"
+        argv = [sys.executable, "-m", module, str(n), str(seed_a), str(seed_b), str(steps)]
         done = subprocess.run(
             ["taskset", "-c", ",".join(map(str, sorted(cores))), *argv, str(out)],
             env=env,

@@ -38,6 +38,7 @@ import httpx
 
 from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.mesh.wireguard import WireGuardError
 from gpupool.agent.ray.cmd import (
     comm,
     kill_processes_using,
@@ -413,28 +414,29 @@ class RayNodes:
             node.stop.wait(POLL_SECONDS)
 
     def _readopt(self, node: LeaseNode) -> None:
-        """After a restart: a sealed head's dashboard forwarder lived in the old agent, so
-        make it again once the lease's mesh is back, report where it listens, then watch."""
-        port = node.ports.get("dashboard-port")
-        if node.role is RayRole.HEAD and node.mesh and self.forward is not None and port:
-            deadline = time.monotonic() + MESH_WAIT_SECONDS
-            while self.lease_netns(node.lease_id) is None and not node.stop.is_set():
-                if time.monotonic() > deadline:
-                    log.warning("event=forwarder_not_restored lease=%s", node.lease_id)
-                    break
-                node.stop.wait(POLL_SECONDS)
-            if self.lease_netns(node.lease_id) is not None:
-                try:
-                    listen = self.forward(
-                        node.lease_id, node.address, port, self.ordinary_address()
-                    )
-                    node.dashboard_url = f"http://{listen}"
-                    self._report(node, node.state)
-                except (OSError, LinkError) as exc:
-                    log.warning(
-                        "event=forwarder_not_restored lease=%s reason=%s", node.lease_id, exc
-                    )
+        """After a restart: make a sealed head's forwarder again, then watch the node."""
+        if node.role is RayRole.HEAD and node.mesh:
+            self._restore_forwarder(node)
         self._monitor(node)
+
+    def _restore_forwarder(self, node: LeaseNode) -> None:
+        """The head's dashboard forwarder lived in the old agent: make it again once the
+        lease's mesh is back, and report where it listens now."""
+        port = node.ports.get("dashboard-port")
+        if self.forward is None or not port:
+            return
+        deadline = time.monotonic() + MESH_WAIT_SECONDS
+        while self.lease_netns(node.lease_id) is None:
+            if node.stop.is_set() or time.monotonic() > deadline:
+                log.warning("event=forwarder_not_restored lease=%s", node.lease_id)
+                return
+            node.stop.wait(POLL_SECONDS)
+        try:
+            listen = self.forward(node.lease_id, node.address, port, self.ordinary_address())
+            node.dashboard_url = f"http://{listen}"
+            self._report(node, node.state)
+        except (OSError, LinkError, WireGuardError) as exc:
+            log.warning("event=forwarder_not_restored lease=%s reason=%s", node.lease_id, exc)
 
     def _monitor(self, node: LeaseNode) -> None:
         """Report the node's death: its raylet (and, on the head, its GCS) gone."""

@@ -56,10 +56,11 @@ class LeaseDisks:
         (the sandbox is destroyed first). Also for a disk this agent no longer knows."""
         with self._lock:
             disk = self._disks.pop(lease_id, None)
+        paths = self.paths(lease_id)
         if disk is None:
-            disk = reattach_disk(*self.paths(lease_id))
+            disk = reattach_disk(*paths)
         if disk is None:  # a mount that died (a reboot) leaves only ciphertext to clear
-            leftover = CryptDisk.at(*self.paths(lease_id))
+            leftover = CryptDisk.at(*paths)
             disk = leftover if leftover.cipher.exists() else None
         if disk is not None:
             disk.destroy()
