@@ -73,3 +73,41 @@ def test_a_malformed_coordinate_is_refused_with_a_reason(api: Api, agents: list[
         assert exc.status == 422
     else:
         raise AssertionError("a two-dimensional coordinate was accepted")
+
+
+def test_an_image_or_egress_booking_goes_only_to_workers_that_offer_it(api: Api) -> None:
+    renter = api.account("renter", "r-options")
+    plain, docker, both = (api.agent(api.account("supplier", f"opt{i}")) for i in range(3))
+    plain.register(devices=2, sandbox="bwrap+cgroup2")
+    docker.register(devices=2, sandbox="bwrap+cgroup2+docker")
+    both.register(devices=2, sandbox="bwrap+cgroup2+docker+egress")
+
+    r = api.book(renter, devices=2, image="registry.local:5000/team/train:1.2", egress=True)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert {m["worker_id"] for m in body["members"]} == {both.worker_id}
+    assert body["request"]["image"] == "registry.local:5000/team/train:1.2"
+    assert body["request"]["egress"] is True
+    # the agent learns both options with its lease
+    (lease,) = both.link.heartbeat(w.HeartbeatIn()).leases
+    assert (lease.image, lease.egress) == ("registry.local:5000/team/train:1.2", True)
+
+    r = api.book(renter, devices=2, image="train")
+    assert r.status_code == 201, r.text
+    assert {m["worker_id"] for m in r.json()["members"]} == {docker.worker_id}
+    # nothing left that runs Docker: the shortfall names the image as what ruled them out
+    r = api.book(renter, devices=1, image="train")
+    assert r.status_code == 409, r.text
+    assert "2 by image" in r.json()["message"], r.text
+    r = api.book(renter, devices=1)
+    assert r.status_code == 201, r.text
+    assert {m["worker_id"] for m in r.json()["members"]} == {plain.worker_id}
+    (plain_lease,) = plain.link.heartbeat(w.HeartbeatIn()).leases
+    assert (plain_lease.image, plain_lease.egress) == (None, False)
+
+
+@pytest.mark.parametrize("image", ["", "UPPER/case", "a b", "x" * 256, "name:bad:tag", "../x"])
+def test_a_malformed_image_reference_is_refused(api: Api, image: str) -> None:
+    renter = api.account("renter", "r-bad-image")
+    r = api.book(renter, devices=1, image=image)
+    assert r.status_code == 422, r.text

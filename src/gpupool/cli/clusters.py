@@ -125,6 +125,20 @@ def create(
             "3 >= 1000, 4 >= 10000.",
         ),
     ] = 0,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the members in this container image (workers whose agent runs Docker "
+            "and has it); default: the agent's own sandbox."
+        ),
+    ] = None,
+    egress: Annotated[
+        bool,
+        typer.Option(
+            help="Let the lease reach the Internet (never the supplier's networks); only "
+            "workers that offer it. Default: the members reach each other and nothing else."
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Wait until the cluster is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
     idempotency_key: Annotated[
@@ -149,6 +163,8 @@ def create(
             security_tier=security.value,
             min_datacenter_tier=min_datacenter_tier or None,
             min_connectivity_tier=min_connectivity_tier or None,
+            image=image,
+            egress=egress or None,
         )
         if not json_out:
             err.print(

@@ -136,6 +136,8 @@ class PoolIndex:
         self.soc2_verified = np.array([d.attributes.soc2_verified for d in ds], dtype=bool)
         self.dc_tier = np.array([d.attributes.datacenter_tier for d in ds], dtype=np.int64)
         self.conn_tier = np.array([d.connectivity_tier for d in ds], dtype=np.int64)
+        self.docker = np.array(["docker" in d.features for d in ds], dtype=bool)
+        self.egress = np.array(["egress" in d.features for d in ds], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -166,6 +168,8 @@ class PoolIndex:
             "datacenter_tier": self.dc_tier >= request.min_datacenter_tier,
             "connectivity_tier": self.conn_tier >= request.min_connectivity_tier,
             "price": self.price <= request.max_price_micros_per_hour,
+            "image": self.docker,
+            "egress": self.egress,
         }
         return [(name, columns[name]) for name, _ in hard_constraints(request)]
 

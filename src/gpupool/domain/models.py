@@ -116,6 +116,9 @@ class Device:
     coordinate: Coordinate | None = None
     connectivity_tier: int = 0
     reputation: float = 0.0
+    # What the worker's sandbox offers besides the container (its `sandbox` words: docker,
+    # egress), as the agent registered them.
+    features: frozenset[str] = frozenset()
 
     @property
     def available(self) -> bool:
@@ -144,6 +147,16 @@ class BookingRequest:
     security_tier: SecurityTier = SecurityTier.ANY
     min_datacenter_tier: int = 0
     min_connectivity_tier: int = 0
+    # Sealed-lease options (docs/sandbox.md): a container image the members run (needs a
+    # worker whose agent runs Docker) and Internet egress (needs a worker that offers it).
+    image: str | None = None
+    egress: bool = False
+
+    def features(self) -> frozenset[str]:
+        """What a worker's sandbox must offer for this booking (Device.features)."""
+        return frozenset(
+            name for name, wanted in (("docker", self.image), ("egress", self.egress)) if wanted
+        )
 
 
 @dataclass(frozen=True, slots=True)

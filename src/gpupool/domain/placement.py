@@ -48,6 +48,10 @@ def hard_constraints(request: BookingRequest) -> list[tuple[str, Check]]:
     checks.append(
         ("price", lambda d: d.spec.price_micros_per_hour <= request.max_price_micros_per_hour)
     )
+    if request.image is not None:
+        checks.append(("image", lambda d: "docker" in d.features))
+    if request.egress:
+        checks.append(("egress", lambda d: "egress" in d.features))
     return checks
 
 

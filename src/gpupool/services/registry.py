@@ -54,6 +54,8 @@ class Assignment:
     lease: Lease
     members: tuple[LeaseMember, ...]
     local_device_ids: tuple[str, ...]
+    image: str | None = None  # the booking's sealed-lease options
+    egress: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,17 @@ class Registry:
             for lease in tx.leases.leases_of_worker(worker_id, ACTIVE_STATES):
                 members = tuple(tx.leases.members(lease.id))
                 local = tuple(m.device_id for m in members if m.worker_id == worker_id)
-                out.append(Assignment(lease, members, local))
+                cluster = tx.leases.cluster(lease.cluster_id)
+                request = cluster.request if cluster is not None else None
+                out.append(
+                    Assignment(
+                        lease,
+                        members,
+                        local,
+                        request.image if request else None,
+                        bool(request and request.egress),
+                    )
+                )
         return version, out
 
     def lease_version(self, worker_id: str) -> int:

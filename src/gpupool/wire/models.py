@@ -13,6 +13,15 @@ from gpupool.domain.models import DeviceKind, DeviceStatus, Role, SecurityTier, 
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
+# A Docker image reference: [registry[:port]/]name[/name...][:tag][@sha256:digest]
+ImageRef = Annotated[
+    str,
+    StringConstraints(
+        max_length=255,
+        pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+        r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$",
+    ),
+]
 Count = Annotated[int, Field(strict=True, ge=1, le=4096)]
 Hours = Annotated[int, Field(strict=True, ge=1, le=8760)]
 Tier = Annotated[int, Field(strict=True, ge=0, le=4)]
@@ -159,6 +168,8 @@ class AssignmentOut(Response):
     head_device_id: str
     local_devices: list[str]
     members: list[MemberOut]
+    image: str | None = Field(default=None, description="Run the members in this image.")
+    egress: bool = Field(default=False, description="The lease may reach the Internet.")
 
 
 class ChallengeOut(Response):
@@ -297,6 +308,16 @@ class BookingIn(Request):
     security_tier: SecurityTier = SecurityTier.ANY
     min_datacenter_tier: Tier = 0
     min_connectivity_tier: Tier = 0
+    image: ImageRef | None = Field(
+        default=None,
+        description="A container image the members run (a worker whose agent runs Docker and "
+        "has the image, or can pull it). None: the agent's own sandbox.",
+    )
+    egress: bool = Field(
+        default=False,
+        description="Internet egress from the lease (never the supplier's networks); only "
+        "workers that offer it. Off: the members reach each other and nothing else.",
+    )
 
 
 class ExtendIn(Request):

@@ -39,6 +39,8 @@ def booking(body: w.BookingIn) -> BookingRequest:
         security_tier=body.security_tier,
         min_datacenter_tier=body.min_datacenter_tier,
         min_connectivity_tier=body.min_connectivity_tier,
+        image=body.image,
+        egress=body.egress,
     )
 
 

@@ -86,6 +86,8 @@ def assignment(a: Assignment) -> w.AssignmentOut:
         head_device_id=lease.head_device_id,
         local_devices=list(a.local_device_ids),
         members=[member(m) for m in a.members],
+        image=a.image,
+        egress=a.egress,
     )
 
 

@@ -142,6 +142,7 @@ def _device(row: Any) -> Device:
         challenged_at=row.challenged_at,
         coordinate=_coordinate(row),
         connectivity_tier=row.connectivity_tier,
+        features=frozenset(row.sandbox.split("+")),
     )
 
 
@@ -334,6 +335,7 @@ class SqlWorkers:
                 workers.c.coord_height,
                 workers.c.coord_error,
                 workers.c.connectivity_tier,
+                workers.c.sandbox,
             )
             .join(workers, workers.c.id == devices.c.worker_id)
             .join(accounts, accounts.c.id == workers.c.supplier_id)
@@ -424,6 +426,8 @@ def request_to_json(request: BookingRequest) -> dict[str, Any]:
         "security_tier": request.security_tier.value,
         "min_datacenter_tier": request.min_datacenter_tier,
         "min_connectivity_tier": request.min_connectivity_tier,
+        "image": request.image,
+        "egress": request.egress,
     }
 
 
@@ -439,6 +443,8 @@ def request_from_json(data: dict[str, Any]) -> BookingRequest:
         security_tier=SecurityTier(data["security_tier"]),
         min_datacenter_tier=data["min_datacenter_tier"],
         min_connectivity_tier=data.get("min_connectivity_tier", 0),
+        image=data.get("image"),
+        egress=data.get("egress", False),
     )
 
 
