@@ -12,10 +12,13 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from pathlib import Path
 
 import gpupool
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
+from gpupool.agent.mesh.egress import DNS as EGRESS_DNS
+from gpupool.agent.mesh.egress import egress_available
 from gpupool.agent.mesh.manager import MeshManager
 from gpupool.agent.mesh.netprobe import NetProbe
 from gpupool.agent.proof.challenger import Challenger
@@ -82,6 +85,7 @@ class Agent:
             settings.state_dir, identity.worker_id, settings.encrypted_disk
         )
         self.running: dict[str, Sandbox] = {}
+        self._egress_failed: set[str] = set()  # reported failed once, not again each poll
         self.version = -1
         self.interval = settings.heartbeat_seconds or 10.0
         self._lock = threading.RLock()  # re-entered: teardown takes a final sample
@@ -126,6 +130,33 @@ class Agent:
         if self.mesh is not None:
             self.mesh.adopt(set(self.state.leases))
 
+    @property
+    def offers_egress(self) -> bool:
+        """Internet egress for leases that book it (docs/mesh.md): the supplier's choice,
+        and only where each lease has a sealed namespace to give it in."""
+        return (
+            self.settings.egress
+            and self.mesh is not None
+            and self.mesh.sealed
+            and egress_available() is None
+        )
+
+    def _sync_mesh(self) -> None:
+        """The mesh of every running lease; a lease whose booked egress could not be
+        given fails (it does not run on without the way out it paid for)."""
+        if self.mesh is None:
+            return
+        egress = frozenset(
+            k for k, r in self.state.leases.items() if r.egress and k in self.running
+        )
+        self.mesh.sync(set(self.running), egress)
+        for lease_id in sorted(egress - self._egress_failed):
+            problem = self.mesh.egress_problem(lease_id)
+            if problem is not None:
+                self._egress_failed.add(lease_id)
+                for device in self.state.leases[lease_id].devices:
+                    self._report(lease_id, device, MemberState.FAILED, problem)
+
     def overlay_address(self, lease_id: str) -> str | None:
         """This worker's overlay IPv4 in the lease's mesh (bind lease services there), or
         None where the mesh is off or not up yet (use the ordinary addresses then)."""
@@ -135,7 +166,9 @@ class Agent:
     def sandbox_kind(self) -> str:
         return self.containers.kind if self.containers is not None else self.sandboxes.kind
 
-    def container_spec(self, lease_id: str, local_devices: Sequence[str] = ()) -> ContainerSpec:
+    def container_spec(
+        self, lease_id: str, local_devices: Sequence[str] = (), egress: bool = False
+    ) -> ContainerSpec:
         """The lease's container, as a uid of its own: its one writable folder is the
         encrypted disk, mounted at the lease's Ray temp dir (sandbox/disks.py). Until Ray
         starts in the lease's own network namespace (ray/node.py), the container shares the
@@ -158,7 +191,17 @@ class Agent:
             device_nodes=binding.device_nodes if binding else (),  # only the leased GPUs
             env=binding.env if binding else {},
             pids_max=LEASE_PIDS_MAX,
+            resolv_conf=self._egress_resolv_conf(lease_id) if egress else None,
         )
+
+    def _egress_resolv_conf(self, lease_id: str) -> Path:
+        """The lease's /etc/resolv.conf with egress: slirp4netns' DNS forwarder, the one
+        resolver it can reach (the host's may be on loopback or the LAN)."""
+        path = self.settings.state_dir / "egress" / f"{lease_id}.resolv.conf"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(f"nameserver {EGRESS_DNS}\n")
+        path.chmod(0o644)
+        return path
 
     def _destroy_disk(self, lease_id: str) -> bool:
         try:
@@ -192,7 +235,9 @@ class Agent:
                 for d in self.devices
             ],
             agent_version=gpupool.__version__,
-            sandbox=self.sandbox_kind + ("+docker" if docker_available() else ""),
+            sandbox=self.sandbox_kind
+            + ("+docker" if docker_available() else "")
+            + ("+egress" if self.offers_egress else ""),
         )
 
     def register(self, stop: threading.Event) -> w.WorkerOut | None:
@@ -296,13 +341,16 @@ class Agent:
                     self._bring_up(assignment)
                 else:
                     self._report_ready(assignment)
-            if self.mesh is not None:
-                self.mesh.sync(set(self.running))
+            self._sync_mesh()
 
     def _bring_up(self, a: w.AssignmentOut) -> None:
         log.info("event=lease_start lease=%s devices=%s", a.lease_id, ",".join(a.local_devices))
         for device in a.local_devices:
             self._report(a.lease_id, device, MemberState.PROVISIONING)
+        if a.egress and not self.offers_egress:
+            for device in a.local_devices:
+                self._report(a.lease_id, device, MemberState.FAILED, "no egress on this worker")
+            return
         cores = sorted(
             {
                 core
@@ -314,7 +362,7 @@ class Agent:
         try:
             if self.containers is not None:
                 sandbox: Sandbox = self.containers.create(
-                    self.container_spec(a.lease_id, a.local_devices), cores
+                    self.container_spec(a.lease_id, a.local_devices, a.egress), cores
                 )
             else:  # no container here: the lease runs as the agent's user, on its disk still
                 self.disks.create(a.lease_id)
@@ -327,7 +375,7 @@ class Agent:
                 self._report(a.lease_id, device, MemberState.FAILED, f"{what}: {exc}")
             return
         self.running[a.lease_id] = sandbox
-        self.state.leases[a.lease_id] = LeaseRecord(sandbox.path, list(a.local_devices))
+        self.state.leases[a.lease_id] = LeaseRecord(sandbox.path, list(a.local_devices), a.egress)
         self.state.save()
         if self.prover is not None:
             self.prover.sample(only_lease=a.lease_id)  # coverage starts at once
@@ -363,10 +411,11 @@ class Agent:
         if self.ray is not None:
             self.ray.cleanup(lease_id)  # after the sandbox: no Ray process holds its files
         del self.running[lease_id]
-        if self.mesh is not None:  # its interface, namespace and forwarders, before "released"
-            self.mesh.sync(set(self.running))
+        self._sync_mesh()  # its interface, namespace and forwarders, before "released"
         if self.prover is not None:
             self.prover.recorder.forget(lease_id)
+        (self.settings.state_dir / "egress" / f"{lease_id}.resolv.conf").unlink(missing_ok=True)
+        self._egress_failed.discard(lease_id)
         record = self.state.leases.pop(lease_id, None)
         self.state.unreported.update((lease_id, d) for d in (record.devices if record else []))
         self.state.save()
@@ -398,6 +447,5 @@ class Agent:
         with self._lock:
             for lease_id in list(self.running):
                 self._tear_down(lease_id)
-            if self.mesh is not None:
-                self.mesh.sync(set(self.running))
+            self._sync_mesh()
             self._flush_releases()

@@ -17,6 +17,7 @@ from gpupool.agent.daemon import Agent
 from gpupool.agent.devices import discover
 from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
+from gpupool.agent.mesh.egress import LeaseEgress
 from gpupool.agent.mesh.leasenet import LeaseNetns, netns_of_interface
 from gpupool.agent.mesh.manager import MeshManager, lease_interface_name, local_address_towards
 from gpupool.agent.mesh.netprobe import NetProbe
@@ -202,8 +203,10 @@ def cleanup(
                 interface = lease_interface_name(worker, lease)
                 with contextlib.suppress(WireGuardUnavailable, WireGuardError):
                     remove_interface(interface)
+                leasenet = LeaseNetns(netns_of_interface(interface))
                 with contextlib.suppress(WireGuardUnavailable, WireGuardError):
-                    LeaseNetns(netns_of_interface(interface)).destroy()
+                    LeaseEgress(leasenet, None, state_dir).down()  # its slirp4netns
+                    leasenet.destroy()
         state.leases.clear()
         state.save()
         return removed
@@ -232,6 +235,7 @@ def lease_report(state_dir: Path) -> list[dict[str, object]]:
                 "worker_id": worker,
                 "sandbox": record.sandbox,
                 "devices": record.devices,
+                "egress": record.egress,
                 "cpuset": str(cpusets / f"gpupool-{worker}" / lease_id) if cpusets else None,
                 "disk": {
                     "encrypted": (lease_dir / CIPHER_DIR).is_dir(),

@@ -49,3 +49,6 @@ class AgentSettings:
     # supplier's explicit choice: with it on, a machine without gocryptfs or FUSE fails its
     # leases with the reason instead of running them unencrypted.
     encrypted_disk: bool = True
+    # Offer Internet egress to leases that book it (docs/mesh.md, "Internet egress"): off
+    # unless the supplier turns it on, since the lease's traffic leaves from its address.
+    egress: bool = False

@@ -21,6 +21,7 @@ class StateDirBusy(Exception):
 class LeaseRecord:
     sandbox: str
     devices: list[str]
+    egress: bool = False  # the booking's Internet egress, given again after a restart
 
 
 @dataclass
@@ -36,14 +37,17 @@ class AgentState:
         data = json.loads(path.read_text())
         return cls(
             path,
-            {k: LeaseRecord(v["sandbox"], list(v["devices"])) for k, v in data["leases"].items()},
+            {
+                k: LeaseRecord(v["sandbox"], list(v["devices"]), bool(v.get("egress")))
+                for k, v in data["leases"].items()
+            },
             {(lease, dev) for lease, dev in data.get("unreported", [])},
         )
 
     def save(self) -> None:
         data = {
             "leases": {
-                k: {"sandbox": v.sandbox, "devices": v.devices}
+                k: {"sandbox": v.sandbox, "devices": v.devices, "egress": v.egress}
                 for k, v in sorted(self.leases.items())
             },
             "unreported": sorted(self.unreported),

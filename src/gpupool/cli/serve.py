@@ -223,6 +223,14 @@ def agent_run(
             "stores renters' files in plaintext on this machine.",
         ),
     ] = True,
+    offer_egress: Annotated[
+        bool,
+        typer.Option(
+            "--offer-egress/--no-egress",
+            help="Offer Internet egress to leases that book it (needs slirp4netns and "
+            "iptables; never the host or LAN). Their traffic leaves from this machine's address.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -267,6 +275,7 @@ def agent_run(
         mesh=mesh,
         mesh_advertise=mesh_advertise,
         encrypted_disk=encrypted_disk,
+        egress=offer_egress,
     )
     try:
         run_agent(settings)

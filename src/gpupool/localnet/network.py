@@ -91,6 +91,8 @@ class LocalNetwork:
     # Join each lease's WireGuard mesh. Off by default: agents sharing one namespace would
     # route each other's overlay addresses through several interfaces of that namespace.
     mesh: bool = False
+    # Agents offer Internet egress to leases that book it (`agent run --offer-egress`).
+    egress: bool = False
     # Network namespaces (mesh tests): argv prefixes that run the coordinator and each agent
     # inside one, where the coordinator listens, and the URL agents use to reach it. `port`
     # is then where the test process reaches the coordinator (a forwarder's port).
@@ -247,6 +249,8 @@ class LocalNetwork:
         if not self.ray:
             args.append("--no-ray")
         args.append("--mesh" if self.mesh else "--no-mesh")
+        if self.egress:
+            args.append("--offer-egress")
         self._agents[index] = self._spawn(
             f"agent-{index + 1}",
             args,

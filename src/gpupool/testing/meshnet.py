@@ -115,7 +115,12 @@ def _enter(host: Host) -> list[str]:
 
 @contextmanager
 def mesh_world(
-    state: Path, agents: Sequence[str], *, agents_now: int | None = None, extra: Sequence[str] = ()
+    state: Path,
+    agents: Sequence[str],
+    *,
+    agents_now: int | None = None,
+    extra: Sequence[str] = (),
+    egress: bool = False,
 ) -> Iterator[MeshWorld]:
     with TestNetwork(["coord", *agents, *extra]) as net:
         coord = net.host("coord")
@@ -127,6 +132,7 @@ def mesh_world(
             heartbeat_seconds=1.0,
             cpu_group_size=os.cpu_count() or 1,  # one device per agent
             mesh=True,
+            egress=egress,
             port=int(forwarded.rpartition(":")[2]),
             coordinator_prefix=_enter(coord),
             coordinator_listen=f"{coord.address}:{PORT}",

@@ -24,10 +24,13 @@ from gpupool.client import Client
 from gpupool.crypto.identity import load_or_create
 from gpupool.testing.meshnet import MeshWorld, mesh_world
 from tests.integration.conftest import eventually, wait_state
+from tests.integration.mesh.test_lease_netns import LISTEN, PROBE
 
 pytestmark = pytest.mark.integration
 
 HOSTS = ["a", "b", "c", "d"]
+EGRESS_TARGET = "198.51.100.7"  # TEST-NET-2: exists only in this test's namespaces
+EGRESS_PORT = 18342
 
 
 class World(MeshWorld):
@@ -43,7 +46,7 @@ class World(MeshWorld):
 @pytest.fixture(scope="module")
 def world(netns_usable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state = tmp_path_factory.mktemp("mesh-net")
-    with mesh_world(state, HOSTS, agents_now=3, extra=["renter"]) as base:
+    with mesh_world(state, HOSTS, agents_now=3, extra=["renter", "internet"], egress=True) as base:
         key = base.local.create_renter("mesh")
         with Client(base.local.url, key) as renter:
             world = World(base.net, base.local, base.state, base.coordinator_url)
@@ -257,3 +260,43 @@ def test_lease_end_removes_interfaces_routes_and_keys(world: World) -> None:
     world.local.start_agent(2)  # a restarted agent removes interfaces of closed leases
     eventually(lambda: clean("c"), 30, "the restarted agent to remove its leftover")
     assert world.interfaces("d")  # the other cluster keeps its mesh
+
+
+def test_a_lease_that_booked_egress_reaches_the_internet_and_not_the_suppliers_lan(
+    world: World,
+) -> None:
+    # "The Internet": a documentation address on a host of this test, routed by every
+    # supplier host; the LAN: the coordinator's host, which every supplier reaches.
+    internet = world.host("internet")
+    internet.run("ip", "addr", "add", f"{EGRESS_TARGET}/32", "dev", "eth0")
+    internet.spawn(sys.executable, "-c", LISTEN, "0.0.0.0", str(EGRESS_PORT))
+    for name in HOSTS:
+        world.host(name).run("ip", "route", "add", f"{EGRESS_TARGET}/32", "via", internet.address)
+    cluster = world.renter.create_cluster(devices=1, kind="cpu", hours=1, max_price_per_hour="1",
+                                          egress=True)  # fmt: skip
+    assert cluster.request["egress"] is True
+    wait_state(world.renter, cluster.id, "ready", 90)
+    worker = cluster.members[0].worker_id
+    name = next(n for n, w in world.worker.items() if w == worker)
+    lan = f"{world.host('coord').address}:{EGRESS_PORT}"
+    out = f"{EGRESS_TARGET}:{EGRESS_PORT}"
+
+    def probe() -> dict[str, str]:
+        result: dict[str, str] = json.loads(world.in_lease(name, sys.executable, "-c", PROBE,
+                                                           out, lan))  # fmt: skip
+        return result
+
+    eventually(lambda: probe()[out] == "connected", 20, "the lease to reach the Internet")
+    assert probe()[lan] == "EHOSTUNREACH"  # the supplier's LAN, refused inside the lease
+    netns = world.lease_netns(name)
+    assert netns is not None and "gpe0" in world.in_lease(name, "ip", "-o", "link", "show")
+    # slirp4netns' sandbox once unmounted every named namespace on the machine
+    assert all(Path(f"/run/netns/{h.netns}").exists() for h in world.net.hosts)
+    world.renter.terminate(cluster.id)
+
+    def slirp_gone() -> bool:
+        listed = subprocess.run(["pgrep", "-af", "slirp4netns"], capture_output=True, text=True,
+                                check=False).stdout  # fmt: skip
+        return f"/run/netns/{netns}" not in listed
+
+    eventually(slirp_gone, 20, "the lease's slirp4netns to stop at lease end")

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from gpupool.agent.files import write_json
 from gpupool.agent.link import CoordinatorLink, LinkError
+from gpupool.agent.mesh.egress import EgressError, LeaseEgress
 from gpupool.agent.mesh.forwarder import Forwarder
 from gpupool.agent.mesh.leasenet import LeaseNetns, netns_of_interface
 from gpupool.agent.mesh.overlay_probe import OverlayProber
@@ -80,10 +81,19 @@ class LeaseMesh:
         host: str,
         netns: str | None,
         sealed: bool = True,
+        egress_dir: Path | None = None,
     ) -> None:
         self.lease_id = lease_id
         self.link = link
         self.leasenet = LeaseNetns(netns_of_interface(name)) if sealed else None
+        # Internet egress (egress.py) where the lease booked it; only a sealed lease has a
+        # namespace to give it in (an unsealed one shares the agent's network anyway).
+        self.egress = (
+            LeaseEgress(self.leasenet, netns, egress_dir)
+            if egress_dir is not None and self.leasenet is not None
+            else None
+        )
+        self.egress_problem: str | None = None
         inside = self.leasenet.name if self.leasenet is not None else None
         self.interface = WireGuardInterface(name, key, netns=netns, backend=backend, inside=inside)
         self.host = host
@@ -108,6 +118,13 @@ class LeaseMesh:
             if self.leasenet is not None:
                 self.leasenet.create()
             self.interface.up()  # adopts the interface a previous run left
+            if self.egress is not None:
+                try:
+                    self.egress.up()
+                except (EgressError, WireGuardError, OSError) as exc:
+                    # the mesh stays sealed, without a way out; the daemon fails the lease
+                    self.egress_problem = f"egress: {exc}"
+                    log.error("event=egress_failed lease=%s reason=%s", self.lease_id, exc)
         self.prober.start()
         for thread in self._threads:
             thread.start()
@@ -150,6 +167,8 @@ class LeaseMesh:
             self._removed = True
             self._close_forwarders()
             self.interface.down()
+            if self.egress is not None:
+                self.egress.down()
             if self.leasenet is not None:
                 self.leasenet.destroy()
 
@@ -326,8 +345,9 @@ class MeshManager:
         )
         return True
 
-    def sync(self, running: set[str]) -> None:
-        """Bring up the mesh of every running lease and remove that of every other."""
+    def sync(self, running: set[str], egress: frozenset[str] = frozenset()) -> None:
+        """Bring up the mesh of every running lease (with Internet egress for those in
+        `egress`) and remove that of every other."""
         if not self.start():
             return
         assert self._key is not None and self._backend is not None
@@ -353,6 +373,7 @@ class MeshManager:
                     self._host,
                     self.netns,
                     self.sealed,
+                    self.state_dir if lease_id in egress else None,
                 )
                 recorded.add(lease.interface.name)
                 self._save_record(recorded)  # before it exists: a crash leaves no orphan
@@ -369,6 +390,7 @@ class MeshManager:
         """An interface of a lease no longer open: where it lives (the lease's namespace,
         or still the agent's after a crash before the move), then the namespace."""
         leasenet = LeaseNetns(netns_of_interface(name))
+        LeaseEgress(leasenet, self.netns, self.state_dir).down()  # a crashed run's slirp4netns
         if leasenet.exists():
             remove_interface(name, leasenet.name)
         remove_interface(name, self.netns)
@@ -391,6 +413,12 @@ class MeshManager:
         if lease is None:
             raise WireGuardError(f"no mesh for lease {lease_id} on this worker")
         return lease.forward(host, port, listen_host)
+
+    def egress_problem(self, lease_id: str) -> str | None:
+        """Why a lease that booked egress has none here (the daemon fails it), or None."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+        return lease.egress_problem if lease is not None else None
 
     def overlay_address(self, lease_id: str) -> str | None:
         """The overlay IPv4 address this worker has in the lease's mesh, once its interface

@@ -67,6 +67,7 @@ class ContainerSpec:
     memory_bytes: int | None = None
     pids_max: int | None = None
     binds: tuple[Bind, ...] = ()  # more of the lease's own folders (its Ray temp dir)
+    resolv_conf: Path | None = None  # seen as /etc/resolv.conf (egress: slirp4netns' DNS)
 
     def __post_init__(self) -> None:
         for name, value in (("uid", self.uid), ("gid", self.gid)):
@@ -195,6 +196,8 @@ def container_argv(bwrap: str, spec: ContainerSpec, argv: Sequence[str]) -> list
         out += ["--ro-bind", str(p), str(p)]
     for path in _ETC:
         out += ["--ro-bind-try", path, path]
+    if spec.resolv_conf is not None:  # over the host's, bound just before
+        out += ["--ro-bind", str(spec.resolv_conf), "/etc/resolv.conf"]
     # private tmpfs, not the host's: nothing another lease or the host put there is seen
     out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]  # noqa: S108
     for node in spec.device_nodes:
@@ -213,6 +216,8 @@ def spawn_argv(bwrap: str, spec: ContainerSpec, argv: Sequence[str]) -> list[str
     needed = [(p, False) for p in python_paths()]
     needed.append((spec.writable_dir or spec.lease_dir, True))
     needed += [(b.path, b.writable) for b in spec.binds]
+    if spec.resolv_conf is not None:
+        needed.append((spec.resolv_conf, False))
     out = ["nsenter", f"--net={spec.netns}"] if spec.netns is not None else []
     out += reach_argv(bwrap, needed)
     out += [
