@@ -6,6 +6,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ENGINES = ("auto", "docker", "bwrap")
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
@@ -49,3 +51,14 @@ class AgentSettings:
     # supplier's explicit choice: with it on, a machine without gocryptfs or FUSE fails its
     # leases with the reason instead of running them unencrypted.
     encrypted_disk: bool = True
+    # Which container runs a lease (docs/supplier.md, "Docker"): auto (bubblewrap, and Docker
+    # for a lease whose booking names an image), docker (every lease) or bwrap (never Docker:
+    # image bookings fail); docker_host: the engine's socket (None: Docker's default).
+    container_engine: str = "auto"
+    docker_host: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.container_engine not in ENGINES:
+            raise ValueError(
+                f"container engine {self.container_engine!r}: use one of {', '.join(ENGINES)}"
+            )
