@@ -25,13 +25,15 @@ if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 # The mesh: wireguard-go (userspace WireGuard, for kernels without the module), wg, ip,
 # iptables, ping (overlay probes) and iperf3 (bandwidth); the sealed lease: bubblewrap (the
-# namespace sandbox), gocryptfs and fuse3 (the encrypted lease disk). Installed only when one
+# namespace sandbox), gocryptfs and fuse3 (the encrypted lease disk), Debian's docker.io (the
+# Docker lease sandbox; its dockerd, containerd and runc: the Docker tests start a private
+# engine, never the machine's own). Installed only when one
 # is missing; without root only a warning (the tests that need them skip, saying why).
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 mesh_packages=()
 for pair in wireguard-go:wireguard-go wg:wireguard-tools ip:iproute2 iptables:iptables \
             ping:iputils-ping iperf3:iperf3 bwrap:bubblewrap gocryptfs:gocryptfs \
-            fusermount3:fuse3; do
+            fusermount3:fuse3 dockerd:docker.io; do
   have "${pair%%:*}" || mesh_packages+=("${pair#*:}")
 done
 if [ ${#mesh_packages[@]} -gt 0 ]; then

@@ -76,3 +76,15 @@ def _nvml_works() -> bool:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("gpu") and not _nvml_works():
         pytest.skip("needs an NVIDIA GPU and driver (NVML did not initialise)")
+
+
+@pytest.fixture(scope="session")
+def docker_socket() -> Iterator[Path]:
+    """The socket of a private Docker engine the session's Docker tests share."""
+    from tests.dockerd import dockerd_missing, private_dockerd
+
+    missing = dockerd_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    with private_dockerd() as socket:
+        yield socket

@@ -19,6 +19,7 @@ from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
 from gpupool.agent.mesh.egress import DNS as EGRESS_DNS
 from gpupool.agent.mesh.egress import egress_available
+from gpupool.agent.mesh.leasenet import netns_of_interface
 from gpupool.agent.mesh.manager import MeshManager
 from gpupool.agent.mesh.netprobe import NetProbe
 from gpupool.agent.proof.challenger import Challenger
@@ -28,10 +29,10 @@ from gpupool.agent.sandbox.cgroup import Sandbox, SandboxError, Sandboxes
 from gpupool.agent.sandbox.container import Containers, ContainerSpec, lease_uid, uids_in_use
 from gpupool.agent.sandbox.cryptdisk import CryptDiskError
 from gpupool.agent.sandbox.disks import LeaseDisks
+from gpupool.agent.sandbox.docker import PATH_PREFIX, DockerContainers, DockerSpec
 from gpupool.agent.sandbox.gpus import GpuBinding, GpuBindingError
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
-from gpupool.agent.tasks import docker_available
 from gpupool.crypto.identity import Identity
 from gpupool.domain.leases import MemberState
 from gpupool.domain.models import DeviceKind, DeviceSpec
@@ -65,6 +66,7 @@ class Agent:
         mesh: MeshManager | None = None,
         containers: Containers | None = None,
         disks: LeaseDisks | None = None,
+        docker: DockerContainers | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity
@@ -84,6 +86,7 @@ class Agent:
         self.disks = disks or LeaseDisks(
             settings.state_dir, identity.worker_id, settings.encrypted_disk
         )
+        self.docker = docker  # None: no Docker engine answered (image bookings fail)
         self.running: dict[str, Sandbox] = {}
         self._egress_failed: set[str] = set()  # reported failed once, not again each poll
         self.version = -1
@@ -104,11 +107,13 @@ class Agent:
     def adopt(self) -> None:
         """Re-attach the sandboxes of leases recorded before a restart."""
         for lease_id, record in list(self.state.leases.items()):
-            sandbox: Sandbox | None = (
-                self.containers.attach(lease_id, record.sandbox)
-                if self.containers is not None
-                else self.sandboxes.attach(lease_id, record.sandbox)
-            )
+            sandbox: Sandbox | None
+            if record.sandbox.startswith(PATH_PREFIX):
+                sandbox = self.docker.attach(lease_id, record.sandbox) if self.docker else None
+            elif self.containers is not None:
+                sandbox = self.containers.attach(lease_id, record.sandbox)
+            else:
+                sandbox = self.sandboxes.attach(lease_id, record.sandbox)
             if sandbox is None:
                 log.warning("event=lease_sandbox_lost lease=%s", lease_id)
                 self._destroy_disk(lease_id)
@@ -123,9 +128,15 @@ class Agent:
                 if self.ray is not None:
                     self.ray.adopt(lease_id, sandbox)
                 log.info("event=lease_adopted lease=%s sandbox=%s", lease_id, sandbox.path)
-        for stray in self.sandboxes.leftovers(set(self.state.leases)):
-            log.warning("event=stray_sandbox_removed sandbox=%s", stray.path)
-            stray.destroy()
+        # containers first: their cgroups lie inside the lease cgroups looked at next
+        strays: list[Callable[[], list[Sandbox]]] = [
+            lambda: list(self.docker.leftovers(set(self.state.leases))) if self.docker else [],
+            lambda: self.sandboxes.leftovers(set(self.state.leases)),
+        ]
+        for find in strays:
+            for stray in find():
+                log.warning("event=stray_sandbox_removed sandbox=%s", stray.path)
+                stray.destroy()
         self.state.save()
         if self.mesh is not None:
             self.mesh.adopt(set(self.state.leases))
@@ -164,15 +175,14 @@ class Agent:
 
     @property
     def sandbox_kind(self) -> str:
-        return self.containers.kind if self.containers is not None else self.sandboxes.kind
+        """What the registration says (placement sends image bookings to `+docker`)."""
+        if self.docker is not None and self.settings.container_engine == "docker":
+            return self.docker.kind
+        own = self.containers.kind if self.containers is not None else self.sandboxes.kind
+        return own + ("+docker" if self.docker is not None else "")
 
-    def container_spec(
-        self, lease_id: str, local_devices: Sequence[str] = (), egress: bool = False
-    ) -> ContainerSpec:
-        """The lease's container, as a uid of its own: its one writable folder is the
-        encrypted disk, mounted at the lease's Ray temp dir (sandbox/disks.py). Until Ray
-        starts in the lease's own network namespace (ray/node.py), the container shares the
-        agent's network: a lease without the mesh talks over the host's."""
+    def _sealed(self, lease_id: str, local_devices: Sequence[str]) -> tuple[GpuBinding | None, int]:
+        """The lease's GPU binding and uid, its disk made and handed to that uid."""
         gpus = [
             d
             for d in self.devices
@@ -181,10 +191,53 @@ class Agent:
         ]
         binding = self.gpu_binding(gpus) if gpus and self.gpu_binding is not None else None
         uid = lease_uid(lease_id, uids_in_use())
-        disk = self.disks.create(lease_id, (uid, uid))
+        self.disks.create(lease_id, (uid, uid))
+        return binding, uid
+
+    def uses_docker(self, a: w.AssignmentOut) -> bool:
+        """Docker for a lease that names an image, and for all where the supplier says so;
+        SandboxError for an image this agent cannot run."""
+        if a.image is not None and self.docker is None:
+            raise SandboxError(f"image {a.image}: this worker has no Docker engine")
+        return self.docker is not None and (
+            a.image is not None or self.settings.container_engine == "docker"
+        )
+
+    def docker_spec(self, a: w.AssignmentOut, cores: Sequence[int]) -> DockerSpec:
+        """The lease's Docker container: as for `container_spec`, and in a network
+        namespace of its own that the mesh adopts as the lease's (no mesh: the host's)."""
+        binding, uid = self._sealed(a.lease_id, a.local_devices)
+        mesh = self.mesh
+        sealed = mesh is not None and mesh.sealed and mesh.unavailable is None
+        return DockerSpec(
+            a.lease_id,
+            self.identity.worker_id,
+            self.disks.paths(a.lease_id)[1],
+            uid,
+            uid,
+            image=a.image,
+            netns_name=netns_of_interface(mesh.interface_name(a.lease_id))
+            if mesh is not None and sealed
+            else None,
+            device_nodes=binding.device_nodes if binding else (),
+            gpu_uuids=binding.uuids if binding else (),
+            env=binding.env if binding else {},
+            pids_max=LEASE_PIDS_MAX,
+            cores=tuple(cores),
+            dns=(EGRESS_DNS,) if a.egress else (),  # slirp4netns' forwarder (mesh/egress.py)
+        )
+
+    def container_spec(
+        self, lease_id: str, local_devices: Sequence[str] = (), egress: bool = False
+    ) -> ContainerSpec:
+        """The lease's container, as a uid of its own: its one writable folder is the
+        encrypted disk, mounted at the lease's Ray temp dir (sandbox/disks.py). Until Ray
+        starts in the lease's own network namespace (ray/node.py), the container shares the
+        agent's network: a lease without the mesh talks over the host's."""
+        binding, uid = self._sealed(lease_id, local_devices)
         return ContainerSpec(
             lease_id,
-            disk.plain,
+            self.disks.paths(lease_id)[1],
             uid,
             uid,
             share_host_network=True,
@@ -235,9 +288,7 @@ class Agent:
                 for d in self.devices
             ],
             agent_version=gpupool.__version__,
-            sandbox=self.sandbox_kind
-            + ("+docker" if docker_available() else "")
-            + ("+egress" if self.offers_egress else ""),
+            sandbox=self.sandbox_kind + ("+egress" if self.offers_egress else ""),
         )
 
     def register(self, stop: threading.Event) -> w.WorkerOut | None:
@@ -360,8 +411,11 @@ class Agent:
             }
         )
         try:
-            if self.containers is not None:
-                sandbox: Sandbox = self.containers.create(
+            if self.uses_docker(a):
+                assert self.docker is not None
+                sandbox: Sandbox = self.docker.create(self.docker_spec(a, cores))
+            elif self.containers is not None:
+                sandbox = self.containers.create(
                     self.container_spec(a.lease_id, a.local_devices, a.egress), cores
                 )
             else:  # no container here: the lease runs as the agent's user, on its disk still

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from gpupool.agent.daemon import Agent
+from gpupool.agent.daemon import Agent, FatalAgentError
 from gpupool.agent.devices import discover
 from gpupool.agent.link import CoordinatorLink
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
@@ -33,6 +33,8 @@ from gpupool.agent.sandbox.container import Containers, bwrap_path
 from gpupool.agent.sandbox.cpusets import find_partition
 from gpupool.agent.sandbox.cryptdisk import CIPHER_DIR, CryptDisk
 from gpupool.agent.sandbox.disks import LeaseDisks
+from gpupool.agent.sandbox.docker import DockerContainers
+from gpupool.agent.sandbox.dockerapi import DockerEngine, socket_path
 from gpupool.agent.sandbox.gpus import bind_gpus, gpu_indices, lease_gpu_env
 from gpupool.agent.sandbox.guard import Guard
 from gpupool.agent.sandbox.scratch import Scratch
@@ -80,6 +82,7 @@ def run_agent(settings: AgentSettings) -> None:
         )
         if containers is None:
             log.warning("event=no_bwrap note=lease processes run as the agent's user")
+        docker = docker_containers(settings, sandboxes, identity.worker_id)
         link = CoordinatorLink(settings.coordinator_url, identity, settings.supplier_key)
         agent = Agent(
             settings,
@@ -111,6 +114,7 @@ def run_agent(settings: AgentSettings) -> None:
                 else None
             ),
             containers=containers,
+            docker=docker,
         )
         if settings.ray:
             agent.ray = RayNodes(
@@ -167,8 +171,32 @@ def run_agent(settings: AgentSettings) -> None:
         lock.close()
 
 
+def docker_containers(
+    settings: AgentSettings, sandboxes: Sandboxes, worker_id: str
+) -> DockerContainers | None:
+    """The Docker lease containers, where the supplier allows them and an engine answers;
+    FatalAgentError where the supplier asked for Docker and none answers."""
+    if settings.container_engine == "bwrap":
+        return None
+    engine = DockerEngine(socket_path(settings.docker_host))
+    if engine.answers() and sandboxes.root is not None:
+        log.info("event=docker_ready socket=%s", engine.socket)
+        return DockerContainers(sandboxes, worker_id, engine)
+    engine.close()
+    if settings.container_engine == "docker":
+        raise FatalAgentError(
+            f"container engine docker: no Docker engine answers at {engine.socket} "
+            "(or no writable cgroup v2)"
+        )
+    log.info("event=no_docker socket=%s note=image bookings are not offered", engine.socket)
+    return None
+
+
 def cleanup(
-    state_dir: Path, cgroup_root: Path | None, cpuset_root: Path | None = None
+    state_dir: Path,
+    cgroup_root: Path | None,
+    cpuset_root: Path | None = None,
+    docker_host: str | None = None,
 ) -> list[str]:
     """Remove what the stopped agent of `state_dir` left on the host, and nothing of any
     other agent: its worker's lease cgroups (killing their processes), the lease disks,
@@ -187,6 +215,12 @@ def cleanup(
         removed: list[str] = []
         if worker is not None:
             sandboxes = Sandboxes(worker, cgroup_root, cpuset_root)
+            engine = DockerEngine(socket_path(docker_host))
+            if engine.answers() and sandboxes.root is not None:  # before the cgroups they are in
+                for container in DockerContainers(sandboxes, worker, engine).leftovers(set()):
+                    container.destroy()
+                    removed.append(f"container {container.path}")
+            engine.close()
             for box in sandboxes.leftovers(set()):  # cgroups only: a pgid may be reused
                 box.destroy()
                 removed.append(f"cgroup {box.path}")

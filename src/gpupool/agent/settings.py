@@ -6,6 +6,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ENGINES = ("auto", "docker", "bwrap")
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
@@ -52,3 +54,14 @@ class AgentSettings:
     # Offer Internet egress to leases that book it (docs/mesh.md, "Internet egress"): off
     # unless the supplier turns it on, since the lease's traffic leaves from its address.
     egress: bool = False
+    # Which container runs a lease (docs/supplier.md, "Docker"): auto (bubblewrap, and Docker
+    # for a lease whose booking names an image), docker (every lease) or bwrap (never Docker:
+    # image bookings fail); docker_host: the engine's socket (None: Docker's default).
+    container_engine: str = "auto"
+    docker_host: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.container_engine not in ENGINES:
+            raise ValueError(
+                f"container engine {self.container_engine!r}: use one of {', '.join(ENGINES)}"
+            )

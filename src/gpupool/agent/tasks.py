@@ -15,7 +15,6 @@ import hashlib
 import logging
 import shlex
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.sandbox.cgroup import SandboxError, Sandboxes
+from gpupool.agent.sandbox.dockerapi import DockerEngine, socket_path
 from gpupool.domain.models import DeviceSpec
 from gpupool.wire.tasks import AgentRunOut
 
@@ -36,14 +36,16 @@ MAX_OUTPUT_BYTES = 512 << 10
 SCRIPT = 'cd "$0" && { /bin/sh -c "$1" < input > output 2> stderr; echo $? > status; }'
 
 
-def docker_available() -> bool:
+def docker_available(host: str | None = None) -> bool:
+    """Whether a Docker engine answers on its socket (GPUPOOL_DOCKER_HOST, else the
+    default): the registration's `+docker` and protocol-mode image runs ask the same."""
     if shutil.which("docker") is None:
         return False
+    engine = DockerEngine(socket_path(host))
     try:
-        done = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+        return engine.answers()
+    finally:
+        engine.close()
 
 
 class TaskRunner:

@@ -231,6 +231,21 @@ def agent_run(
             "iptables; never the host or LAN). Their traffic leaves from this machine's address.",
         ),
     ] = False,
+    container_engine: Annotated[
+        str,
+        typer.Option(
+            envvar="GPUPOOL_CONTAINER_ENGINE",
+            help="Which container runs a lease: auto (bubblewrap, Docker for a booking that "
+            "names an image), docker (every lease) or bwrap (never Docker). docs/supplier.md.",
+        ),
+    ] = "auto",
+    docker_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPUPOOL_DOCKER_HOST",
+            help="The Docker engine's socket, a path or unix:// URL (default: Docker's own).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Register this machine's devices and run the leases the coordinator assigns."""
@@ -250,6 +265,8 @@ def agent_run(
         to_micros(cpu_price)
     except InvalidRequest as exc:
         raise CliError(exc.message, 2) from exc
+    if container_engine not in ("auto", "docker", "bwrap"):
+        raise CliError(f"--container-engine {container_engine!r}: use auto, docker or bwrap", 2)
     settings = AgentSettings(
         coordinator_url=coordinator,
         supplier_key=key,
@@ -276,6 +293,8 @@ def agent_run(
         mesh_advertise=mesh_advertise,
         encrypted_disk=encrypted_disk,
         egress=offer_egress,
+        container_engine=container_engine,
+        docker_host=docker_host,
     )
     try:
         run_agent(settings)
@@ -288,9 +307,13 @@ def agent_cleanup(
     state_dir: Annotated[
         Path, typer.Option(help="State folder of the stopped agent whose leftovers to remove.")
     ] = DEFAULT_STATE / "agent",
+    docker_host: Annotated[
+        str | None,
+        typer.Option(envvar="GPUPOOL_DOCKER_HOST", help="The Docker engine's socket."),
+    ] = None,
 ) -> None:
-    """Remove what a stopped agent left on this machine: its lease cgroups and processes,
-    lease disks, WireGuard interfaces. Keeps its identity. See docs/supplier.md."""
+    """Remove what a stopped agent left on this machine: its lease containers, cgroups and
+    processes, lease disks, WireGuard interfaces. Keeps its identity. See docs/supplier.md."""
     from gpupool.agent.main import cleanup
     from gpupool.agent.sandbox.cgroup import SandboxError, find_cgroup2_root, find_cpuset_root
     from gpupool.agent.sandbox.cryptdisk import CryptDiskError
@@ -300,7 +323,7 @@ def agent_cleanup(
     if not state_dir.is_dir():
         raise CliError(f"no agent state folder at {state_dir}", 2)
     try:
-        removed = cleanup(state_dir, find_cgroup2_root(), find_cpuset_root())
+        removed = cleanup(state_dir, find_cgroup2_root(), find_cpuset_root(), docker_host)
     except StateDirBusy as exc:
         raise CliError(f"{exc}: stop it first (systemctl stop gpupool-agent)") from exc
     except (SandboxError, CryptDiskError, KeyFileError, OSError) as exc:

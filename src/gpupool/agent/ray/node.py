@@ -46,8 +46,8 @@ from gpupool.agent.ray.cmd import (
     start_argv,
     temp_dir_for,
 )
-from gpupool.agent.sandbox.cgroup import Sandbox
-from gpupool.agent.sandbox.container import ContainerSandbox
+from gpupool.agent.sandbox.cgroup import Sandbox, SandboxError
+from gpupool.agent.sandbox.docker import SEALED, DockerSandbox
 from gpupool.agent.sandbox.scratch import Scratch
 from gpupool.domain.leases import MemberState
 from gpupool.domain.models import DeviceSpec
@@ -164,7 +164,7 @@ class RayNodes:
             head_worker = next(m.worker_id for m in a.members if m.device_id == a.head_device_id)
             # The scratch helper lives on the lease's disk, the one folder its container writes
             scratch = Scratch.create(temp_dir_for(self.state_dir, self.worker_id, a.lease_id))
-            if isinstance(sandbox, ContainerSandbox):  # the lease's uid reads its own key
+            if isinstance(sandbox, SEALED):  # the lease's uid reads its own key
                 sandbox.give(scratch.directory)
                 sandbox.give(scratch.key_file)
             node = LeaseNode(
@@ -305,16 +305,21 @@ class RayNodes:
             # working dirs) go to the container's private /tmp, memory that is never the
             # supplier's disk and that dies with the container: gocryptfs refused some of
             # Ray's dashboard sockets (EPERM) under load. Without one, the lease's folder.
-            CONTAINER_RAY_TEMP if isinstance(node.sandbox, ContainerSandbox) else node.temp_dir,
+            CONTAINER_RAY_TEMP if isinstance(node.sandbox, SEALED) else node.temp_dir,
             devices,
             self.object_store_bytes,
             head_gcs,
             dashboard_host=dashboard_host,
             netns=netns,
         )
+        if isinstance(node.sandbox, DockerSandbox):  # a renter's image runs its own Ray
+            try:
+                argv[0] = node.sandbox.ray_executable()
+            except SandboxError as exc:
+                raise RayStartError(str(exc)) from exc
         node.temp_dir.mkdir(parents=True, exist_ok=True)
         enter = ["nsenter", f"--net={netns}"] if netns else []
-        if netns and isinstance(node.sandbox, ContainerSandbox):
+        if netns and isinstance(node.sandbox, SEALED):
             node.sandbox.join_network(Path(netns))  # the container's next spawns run there
             enter = []
         self._ray_start(node, [*enter, *argv])

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.agent.sandbox.cgroup import CgroupSandbox, Sandbox
-from gpupool.agent.sandbox.container import ContainerSandbox
 from gpupool.agent.sandbox.cpusets import SYSTEM_NAME, is_lease_cpuset
+from gpupool.agent.sandbox.docker import SEALED
 from gpupool.agent.sandbox.procs import ProcessInfo, list_processes, parse_cpu_list
 from gpupool.domain.models import DeviceKind
 
@@ -163,7 +163,7 @@ class Guard:
 
     def _lease_cpuset(self, sandbox: Sandbox) -> str | None:
         """The lease's v1 cpuset as /proc/<pid>/cgroup names it, where it has one."""
-        if isinstance(sandbox, ContainerSandbox):  # the container's cgroup holds its cpuset
+        if isinstance(sandbox, SEALED):  # the container's cgroup holds its cpuset
             sandbox = sandbox.cgroup
         directory = sandbox.cpuset_dir if isinstance(sandbox, CgroupSandbox) else None
         # <cpuset root>/gpupool-<worker>/<lease>, as `CgroupSandbox.create` lays it out
@@ -186,7 +186,12 @@ class Guard:
                 and p.cpus_allowed != self.machine_cores
             )
 
-        return [p for p in procs if (own_cpuset and p.cpuset == own_cpuset) or pinned_outside(p)]
+        def in_own(p: ProcessInfo) -> bool:  # a Docker container's cpuset lies inside the lease's
+            return bool(own_cpuset) and (
+                p.cpuset == own_cpuset or p.cpuset.startswith(f"{own_cpuset}/")
+            )
+
+        return [p for p in procs if in_own(p) or pinned_outside(p)]
 
     # the scan ----------------------------------------------------------------------------
 

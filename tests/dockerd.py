@@ -1,0 +1,90 @@
+"""A private Docker engine for the tests that need one: its own data, exec root, pid file
+and socket under a temp folder, and nothing on the machine's network (no iptables, no
+masquerading, no forwarding, no bridge). Never the machine's own engine or socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+DOCKERD = "/usr/sbin/dockerd"
+START_SECONDS = 60.0
+
+
+def dockerd_missing() -> str | None:
+    """Why the Docker tests cannot run here, or None."""
+    if not os.path.exists(DOCKERD):
+        return f"needs Debian's dockerd at {DOCKERD} (apt-get install docker.io)"
+    if os.geteuid() != 0:
+        return "needs root to run a private dockerd"
+    return None
+
+
+def _start(base: Path, driver: str) -> subprocess.Popen[bytes]:
+    argv = [
+        DOCKERD,
+        f"--data-root={base / 'data'}",
+        f"--exec-root={base / 'exec'}",
+        f"--pidfile={base / 'dockerd.pid'}",
+        f"--host=unix://{base / 'docker.sock'}",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--ip-masq=false",
+        "--ip-forward=false",
+        "--bridge=none",
+        f"--storage-driver={driver}",
+        f"--containerd-namespace={base.name}",
+        f"--containerd-plugins-namespace={base.name}-plugins",
+    ]
+    log = (base / f"dockerd-{driver}.log").open("wb")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def private_dockerd() -> Iterator[Path]:
+    """Start a private dockerd (overlay2, else vfs); yield its socket; stop it at the end."""
+    from gpupool.agent.sandbox.dockerapi import DockerEngine
+
+    base = Path(tempfile.mkdtemp(prefix="gpd-dockerd-", dir="/tmp"))  # short: socket paths
+    proc = None
+    try:
+        for driver in ("overlay2", "vfs"):
+            proc = _start(base, driver)
+            engine = DockerEngine(base / "docker.sock")
+            deadline = time.monotonic() + START_SECONDS
+            while proc.poll() is None and time.monotonic() < deadline and not engine.answers():
+                time.sleep(0.2)
+            up = proc.poll() is None and engine.answers()
+            engine.close()
+            if up:
+                break
+            _stop(proc)
+            proc = None
+        if proc is None:
+            raise RuntimeError(f"no private dockerd started; see {base}/dockerd-*.log")
+        yield base / "docker.sock"
+    finally:
+        if proc is not None:
+            _stop(proc)
+        for mount in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            target = mount.split()[1]
+            if target.startswith(str(base)):
+                subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
