@@ -11,7 +11,16 @@ apt_install() {
     echo "bootstrap: need root to apt-get install $*" >&2; exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # No service starts on install (docker.io's would set up a bridge and iptables rules on
+  # this machine): policy-rc.d answers "not allowed" while apt runs, unless one is there.
+  local policy=/usr/sbin/policy-rc.d own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy" && own_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {
+    [ "$own_policy" -eq 1 ] && rm -f "$policy"; return 1; }
+  [ "$own_policy" -eq 1 ] && rm -f "$policy"
+  return 0
 }
 
 if ! command -v "$PYTHON" >/dev/null; then
@@ -27,13 +36,14 @@ fi
 # iptables, ping (overlay probes) and iperf3 (bandwidth); the sealed lease: bubblewrap (the
 # namespace sandbox), gocryptfs and fuse3 (the encrypted lease disk), Debian's docker.io (the
 # Docker lease sandbox; its dockerd, containerd and runc: the Docker tests start a private
-# engine, never the machine's own). Installed only when one
-# is missing; without root only a warning (the tests that need them skip, saying why).
+# engine, never the machine's own), slirp4netns (Internet egress for leases that book it).
+# Installed only when one is missing; without root only a warning (the tests that need them
+# skip, saying why).
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 mesh_packages=()
 for pair in wireguard-go:wireguard-go wg:wireguard-tools ip:iproute2 iptables:iptables \
             ping:iputils-ping iperf3:iperf3 bwrap:bubblewrap gocryptfs:gocryptfs \
-            fusermount3:fuse3 dockerd:docker.io; do
+            fusermount3:fuse3 dockerd:docker.io slirp4netns:slirp4netns; do
   have "${pair%%:*}" || mesh_packages+=("${pair#*:}")
 done
 if [ ${#mesh_packages[@]} -gt 0 ]; then

@@ -11,7 +11,7 @@ a connect fails with ENETUNREACH before a packet leaves.
 
 The container joins the namespace by its path (`/run/netns/NAME`, e.g. `nsenter
 --net=PATH`); the agent's forwarder (forwarder.py) dials into it. Internet egress, a booking
-option off by default, is designed in docs/mesh.md and not built here.
+option off by default, adds a slirp4netns TAP and the rules that confine it (egress.py).
 """
 
 from __future__ import annotations
