@@ -64,6 +64,10 @@ def show_cluster(c: ClusterOut) -> None:
         f"  T1 {when(c.t1)}   T2 {when(c.t2)}   {c.hours} h   "
         f"{c.price_per_hour}/h, {c.total_price} in all   head {c.head_device_id}"
     )
+    image = c.request.get("image")
+    sandbox = f"image {image}" if image else "the agent's own"
+    egress = "yes" if c.request.get("egress") else "no"
+    out.print(f"  sandbox: {sandbox}   Internet egress: {egress}")
     out.print(
         table(
             "members",
