@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import gpupool
+from gpupool.agent.devices import total_memory_mb
 from gpupool.agent.link import CoordinatorLink, LinkError
 from gpupool.agent.mesh.bandwidth import BandwidthMeter
 from gpupool.agent.mesh.egress import DNS as EGRESS_DNS
@@ -31,11 +32,12 @@ from gpupool.agent.sandbox.cryptdisk import CryptDiskError
 from gpupool.agent.sandbox.disks import LeaseDisks
 from gpupool.agent.sandbox.docker import PATH_PREFIX, DockerContainers, DockerSpec
 from gpupool.agent.sandbox.gpus import GpuBinding, GpuBindingError
+from gpupool.agent.sandbox.limits import lease_memory_bytes
 from gpupool.agent.settings import AgentSettings
 from gpupool.agent.state import AgentState, LeaseRecord
 from gpupool.crypto.identity import Identity
 from gpupool.domain.leases import MemberState
-from gpupool.domain.models import DeviceKind, DeviceSpec
+from gpupool.domain.models import DeviceKind, DeviceSpec, device_id
 from gpupool.domain.money import format_micros
 from gpupool.wire import models as w
 
@@ -181,6 +183,14 @@ class Agent:
         own = self.containers.kind if self.containers is not None else self.sandboxes.kind
         return own + ("+docker" if self.docker is not None else "")
 
+    def memory_limit(self, local_devices: Sequence[str]) -> int:
+        """The member's memory limit: its devices' share of this machine (limits.py)."""
+        mine = [d for d in self.devices if device_id(self.identity.worker_id, d.local_name)
+                in local_devices]  # fmt: skip
+        gpus = sum(d.kind is DeviceKind.GPU for d in self.devices)
+        leased = [(d.kind is DeviceKind.GPU, d.memory_mb) for d in mine]
+        return lease_memory_bytes(leased, gpus, total_memory_mb())
+
     def _sealed(self, lease_id: str, local_devices: Sequence[str]) -> tuple[GpuBinding | None, int]:
         """The lease's GPU binding and uid, its disk made and handed to that uid."""
         gpus = [
@@ -223,6 +233,7 @@ class Agent:
             gpu_uuids=binding.uuids if binding else (),
             env=binding.env if binding else {},
             pids_max=LEASE_PIDS_MAX,
+            memory_bytes=self.memory_limit(a.local_devices),
             cores=tuple(cores),
             dns=(EGRESS_DNS,) if a.egress else (),  # slirp4netns' forwarder (mesh/egress.py)
         )
@@ -244,6 +255,7 @@ class Agent:
             device_nodes=binding.device_nodes if binding else (),  # only the leased GPUs
             env=binding.env if binding else {},
             pids_max=LEASE_PIDS_MAX,
+            memory_bytes=self.memory_limit(local_devices),
             resolv_conf=self._egress_resolv_conf(lease_id) if egress else None,
         )
 

@@ -19,6 +19,19 @@ from pathlib import Path
 from gpupool.agent.sandbox.cgroup import SandboxError, _enter_then_exec
 
 _V1_FILES = {"memory": "memory.limit_in_bytes", "pids": "pids.max"}
+# A lease member's memory is never limited below what one Ray node with its dashboard needs.
+MEMORY_FLOOR_BYTES = 2 << 30
+
+
+def lease_memory_bytes(leased_mb: Sequence[tuple[bool, int]], gpus: int, host_mb: int) -> int:
+    """A lease member's memory limit from what it leased here, each device as (is a GPU,
+    its registered memory in MiB): a CPU device's own share of host memory (devices.py
+    splits it by cores), a GPU's 1/`gpus` of the host's (its memory_mb is the GPU's own),
+    and never under MEMORY_FLOOR_BYTES."""
+    total_mb = sum(host_mb // max(gpus, 1) if gpu else mb for gpu, mb in leased_mb)
+    return max(total_mb << 20, MEMORY_FLOOR_BYTES)
+
+
 _V2_FILES = {"memory": "memory.max", "pids": "pids.max"}
 
 
