@@ -5,10 +5,12 @@ masquerading, no forwarding, no bridge). Never the machine's own engine or socke
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,6 +18,11 @@ from pathlib import Path
 
 DOCKERD = "/usr/sbin/dockerd"
 START_SECONDS = 60.0
+BUSYBOX = "/bin/busybox"
+# What the host's (dynamically linked) Debian busybox loads.
+BUSYBOX_LIBS = ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libresolv.so.2",
+                "/lib64/ld-linux-x86-64.so.2")  # fmt: skip
+APPLETS = ("sh", "sleep", "cat", "tr", "grep", "id", "wget", "nc")
 
 
 def dockerd_missing() -> str | None:
@@ -25,6 +32,33 @@ def dockerd_missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root to run a private dockerd"
     return None
+
+
+def busybox_missing() -> str | None:
+    """Why a busybox image cannot be made here, or None."""
+    for path in (BUSYBOX, *BUSYBOX_LIBS):
+        if not os.path.exists(path):
+            return f"needs {path} for a busybox test image (apt-get install busybox)"
+    return None
+
+
+def busybox_rootfs() -> bytes:
+    """A root filesystem for `docker import`: the host's busybox with the libraries it
+    links and a few applets, and no Python or Ray (a renter's image that brings none)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(os.path.realpath(BUSYBOX), "bin/busybox")
+        for applet in APPLETS:
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+        for lib in BUSYBOX_LIBS:
+            tar.add(os.path.realpath(lib), lib.lstrip("/"))
+        for folder in ("tmp", "proc", "sys", "dev", "etc"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
+            tar.addfile(info)
+    return buffer.getvalue()
 
 
 def _start(base: Path, driver: str) -> subprocess.Popen[bytes]:

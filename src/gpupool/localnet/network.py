@@ -93,6 +93,12 @@ class LocalNetwork:
     mesh: bool = False
     # Agents offer Internet egress to leases that book it (`agent run --offer-egress`).
     egress: bool = False
+    # Which container runs each agent's leases (`agent run --container-engine`; None: the
+    # agent's default, auto), per agent index where `agent_engines` names one, and the
+    # Docker engine's socket they use (`--docker-host`; None: Docker's default).
+    container_engine: str | None = None
+    agent_engines: dict[int, str] = field(default_factory=dict)
+    docker_host: str | None = None
     # Network namespaces (mesh tests): argv prefixes that run the coordinator and each agent
     # inside one, where the coordinator listens, and the URL agents use to reach it. `port`
     # is then where the test process reaches the coordinator (a forwarder's port).
@@ -251,6 +257,11 @@ class LocalNetwork:
         args.append("--mesh" if self.mesh else "--no-mesh")
         if self.egress:
             args.append("--offer-egress")
+        engine = self.agent_engines.get(index, self.container_engine)
+        if engine is not None:
+            args += ["--container-engine", engine]
+        if self.docker_host is not None:
+            args += ["--docker-host", self.docker_host]
         self._agents[index] = self._spawn(
             f"agent-{index + 1}",
             args,

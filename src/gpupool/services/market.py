@@ -115,8 +115,13 @@ class Market:
             placed = placement.place(request, pool)
             if isinstance(placed, Shortfall):
                 unstaked = {"stake": len(devices) - len(pool)}
+                needs = (
+                    f"; image {request.image} runs only on workers with Docker (+docker)"
+                    if placed.excluded_by.get("image")
+                    else ""
+                )
                 raise InsufficientCapacity(
-                    "too few devices match this booking: " + placed.describe(),
+                    "too few devices match this booking: " + placed.describe() + needs,
                     requested=placed.requested,
                     matching=placed.matching,
                     excluded_by={k: v for k, v in (placed.excluded_by | unstaked).items() if v},

@@ -121,7 +121,9 @@ def mesh_world(
     agents_now: int | None = None,
     extra: Sequence[str] = (),
     egress: bool = False,
+    **options: Any,
 ) -> Iterator[MeshWorld]:
+    """`options` go to the LocalNetwork as they are (its container engine, say)."""
     with TestNetwork(["coord", *agents, *extra]) as net:
         coord = net.host("coord")
         forwarded = net.expose("coord", PORT)
@@ -138,6 +140,7 @@ def mesh_world(
             coordinator_listen=f"{coord.address}:{PORT}",
             agent_url=url,
             agent_prefixes={i: _enter(net.host(h)) for i, h in enumerate(agents)},
+            **options,
         )
         with local:
             yield MeshWorld(net, local, state, url)

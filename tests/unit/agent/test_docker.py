@@ -48,6 +48,7 @@ def test_body_drops_every_privilege_and_binds_only_the_lease_folder_writable() -
     assert writable == ["/srv/l1:/srv/l1:rw"]
     assert f"{sys.prefix}:{sys.prefix}:ro" in host["Binds"]  # the agent's Python, read-only
     assert "Privileged" not in host and "DeviceRequests" not in host
+    assert "Sysctls" not in host  # the engine refuses net.* sysctls in the host network
 
 
 def test_body_of_a_gpu_lease_in_its_own_network() -> None:
@@ -64,6 +65,7 @@ def test_body_of_a_gpu_lease_in_its_own_network() -> None:
     assert "CUDA_VISIBLE_DEVICES=GPU-a" in body["Env"] and body["Image"] == "python:3.11"
     assert host["Binds"] == ["/srv/l1:/srv/l1:rw"]  # a renter's image gets no host folder
     assert "CgroupParent" not in host
+    assert host["Sysctls"]["net.ipv6.conf.default.disable_ipv6"] == "0"  # the mesh's ULA
 
 
 def test_bad_specs_are_refused_with_the_reason() -> None:
@@ -264,3 +266,18 @@ def test_a_file_written_with_plain_open_is_ciphertext_on_the_host(lab: Lab) -> N
     finally:
         disks.destroy("l-c")
     assert not disk.cipher.exists()
+
+
+def test_a_spawn_is_the_lease_whatever_environment_its_caller_passes(lab: Lab) -> None:
+    box = lab.lease("l-e")
+    out = Path(box.workdir) / "env.json"
+    dump = f"import json, os; json.dump(dict(os.environ), open({str(out)!r} + '.t', 'w')); "
+    dump += f"os.rename({str(out)!r} + '.t', {str(out)!r})"
+    # what Ray's start passes: the agent's own environment, HOME=/root among it
+    box.spawn([sys.executable, "-c", dump], {"HOME": "/root", "USER": "root", "TMPDIR": "/x"})
+    deadline = time.monotonic() + 20
+    while not out.exists():
+        assert time.monotonic() < deadline, "the spawn never wrote its environment"
+        time.sleep(0.05)
+    env = json.loads(out.read_text())
+    assert (env["HOME"], env["USER"], env["TMPDIR"]) == (box.workdir, "lease", "/tmp")

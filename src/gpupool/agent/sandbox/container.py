@@ -233,12 +233,24 @@ def spawn_argv(bwrap: str, spec: ContainerSpec, argv: Sequence[str]) -> list[str
     return out + container_argv(bwrap, spec, argv)
 
 
+def lease_identity_env(home: Path | str) -> dict[str, str]:
+    """Who a lease process is, whatever environment its spawner passed (the agent's own
+    HOME is not the lease's): its folder, its name, its private /tmp."""
+    tmp = "/tmp"  # noqa: S108 (the container's own tmpfs)
+    return {
+        "HOME": str(home),
+        "USER": "lease",
+        "LOGNAME": "lease",
+        "SHELL": "/bin/sh",
+        "TMPDIR": tmp,
+    }
+
+
 def container_env(spec: ContainerSpec, env: Mapping[str, str] | None) -> dict[str, str]:
     merged = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"}
     merged.update(env or {})
     merged.update(spec.env)
-    merged.update(HOME=str(spec.lease_dir), USER="lease", LOGNAME="lease", SHELL="/bin/sh")
-    merged["TMPDIR"] = "/tmp"  # noqa: S108 (the container's own tmpfs)
+    merged.update(lease_identity_env(spec.lease_dir))
     return merged
 
 

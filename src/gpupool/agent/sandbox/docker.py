@@ -31,7 +31,13 @@ from gpupool.agent.sandbox.cgroup import (
     cgroup2_mount,
     own_cgroup2_path,
 )
-from gpupool.agent.sandbox.container import UID_BASE, UID_SPAN, ContainerSandbox, give
+from gpupool.agent.sandbox.container import (
+    UID_BASE,
+    UID_SPAN,
+    ContainerSandbox,
+    give,
+    lease_identity_env,
+)
 from gpupool.agent.sandbox.dockerapi import DockerEngine, DockerError
 from gpupool.agent.sandbox.dockerimage import (
     default_image,
@@ -119,7 +125,11 @@ def create_body(
         host["CgroupParent"] = cgroup_parent
     if spec.dns:
         host["Dns"] = list(spec.dns)
-    env = {"HOME": str(spec.lease_dir), "USER": "lease", "LOGNAME": "lease", "TMPDIR": "/tmp"}  # noqa: S108
+    if spec.netns_name:
+        # The engine turns IPv6 off in a `none` network; the mesh's interface, moved in
+        # later, takes the namespace's defaults and needs its ULA address (docs/mesh.md).
+        host["Sysctls"] = {f"net.ipv6.conf.{c}.disable_ipv6": "0" for c in ("all", "default")}
+    env = lease_identity_env(spec.lease_dir)
     env.update(spec.env)
     return {
         "Image": spec.image or default_image(),
@@ -214,6 +224,7 @@ class DockerSandbox:
         merged = dict(env or {})
         if self.image is not None:
             merged.pop("PATH", None)  # the image's own PATH finds its Python and Ray
+        merged.update(lease_identity_env(self.workdir))  # an exec's env overrides the container's
         return self.engine.exec(self.container, list(argv), merged, self.user, self.workdir)
 
     def ray_executable(self) -> str:

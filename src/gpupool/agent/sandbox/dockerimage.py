@@ -26,7 +26,9 @@ from gpupool.agent.sandbox.container import _ETC, _SYSTEM, python_paths
 from gpupool.agent.sandbox.dockerapi import DockerEngine, DockerError
 
 IMAGE_REPO = "gpupool-lease"
-PULL_TIMEOUT = 120.0
+# The pull runs inside the agent's reconciliation, which it holds: bounded well below the
+# provisioning deadline. A supplier serving big images pulls them ahead (docs/supplier.md).
+PULL_TIMEOUT = 30.0
 MOUNT_POINTS = ("etc", "proc", "sys", "dev", "tmp", "run", "var", "home", "sbin")
 INIT_DIR = "/sbin"
 # The engine writes these itself (its own /etc/hosts and resolv.conf for the container).
