@@ -78,9 +78,10 @@ def test_validator_odds_counts_colluders_share_of_the_rerun_pool() -> None:
 
 
 def test_a_refused_payment_names_the_shortfall() -> None:
-    from gpupool.cli.common import api_error_message
+    from gpupool.cli.errors import human_message
     from gpupool.client import ApiError
 
-    body = {"error": "insufficient_funds", "shortfall_micros": 50_000}
-    message = api_error_message(ApiError(402, "insufficient_funds", "renter:a-x is short", body))
-    assert "402 insufficient_funds" in message and "short by 0.050000" in message
+    said = "renter:a-x holds 0.10; this needs 0.15 (short by 0.05)"
+    body = {"error": "insufficient_funds", "message": said, "shortfall_micros": 50_000}
+    message = human_message(ApiError(402, "insufficient_funds", said, body))
+    assert "402 insufficient_funds" in message and "short by 0.05" in message

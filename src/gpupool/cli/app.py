@@ -7,6 +7,7 @@ database driver (a test checks).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -24,7 +25,8 @@ from gpupool.cli import (
     tasks,
     workers,
 )
-from gpupool.cli.common import CliError, api_error_message, err
+from gpupool.cli.common import CliError
+from gpupool.cli.errors import report, wants_json
 from gpupool.client import ApiError, PinError
 
 app = typer.Typer(
@@ -33,7 +35,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    # click's plain help: it wraps every option's help to the terminal and never cuts it
+    # (typer's rich panels cut option names and defaults with "…" at 80 columns)
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
 )
 app.add_typer(serve.coordinator_app, name="coordinator")
 serve.coordinator_app.command("key")(keys.key)
@@ -73,17 +78,25 @@ def _root(
 
 
 def main() -> None:
+    args = sys.argv[1:]
     try:
-        app()
-    except CliError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] {api_error_message(exc)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except PinError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        # not standalone: click would print its own errors, and never as JSON
+        rv = command().main(args, prog_name="gpupool", standalone_mode=False)
+    except (CliError, ApiError, PinError, typer.TyperException, typer.Abort) as exc:
+        sys.exit(report(exc, wants_json(args)))
+    except KeyboardInterrupt as exc:
+        sys.exit(report(exc, wants_json(args)))
+    sys.exit(rv if isinstance(rv, int) else 0)  # an int is typer.Exit's code
+
+
+def command() -> Any:  # typer's own click Command
+    """The click command tree, with each command's whole first paragraph as its line in
+    its group's list: click would cut it to fit the line, and a cut sentence says less."""
+    root = typer.main.get_command(app)
+    stack = [root]
+    while stack:
+        cmd = stack.pop()
+        if cmd.help and not cmd.short_help:
+            cmd.short_help = " ".join(cmd.help.split("\n\n")[0].split())
+        stack.extend(getattr(cmd, "commands", {}).values())
+    return root

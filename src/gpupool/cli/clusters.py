@@ -4,7 +4,7 @@ their mesh."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -107,6 +107,11 @@ def show_ray(ray: ClusterRayOut) -> None:
     )
 
 
+def with_ray(cluster: ClusterOut, ray: ClusterRayOut) -> dict[str, Any]:
+    """A cluster as `--json` prints it, create and show alike: the cluster with its `ray`."""
+    return {**cluster.model_dump(mode="json"), "ray": ray.model_dump(mode="json")}
+
+
 @app.command("create")
 def create(
     devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="How many devices.")],
@@ -179,9 +184,9 @@ def create(
             cluster = wait_for_state(gp, cluster.id, ("ready",), timeout, json_out)
             if cluster.state != "ready":
                 raise CliError(f"{cluster.id} is {cluster.state}: {cluster.reason}")
-        ray = gp.cluster_ray(cluster.id) if wait and not json_out else None
-    if json_out:
-        print_json(cluster)
+        ray = gp.cluster_ray(cluster.id) if wait or json_out else None
+    if json_out and ray is not None:
+        print_json(with_ray(cluster, ray))
     else:
         show_cluster(cluster)
         if ray is not None:
@@ -222,7 +227,7 @@ def show(
         cluster = gp.cluster(cluster_id)
         ray = gp.cluster_ray(cluster_id)
     if json_out:
-        print_json({**cluster.model_dump(mode="json"), "ray": ray.model_dump(mode="json")})
+        print_json(with_ray(cluster, ray))
     else:
         show_cluster(cluster)
         show_ray(ray)

@@ -17,8 +17,9 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from gpupool.client import ApiError, Client, KnownCoordinators
+from gpupool.client import Client, KnownCoordinators
 from gpupool.client.pins import PinNotice, pin_file
+from gpupool.domain.money import format_micros
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8420"
 
@@ -51,11 +52,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 class CliError(Exception):
-    """A problem to report to the user in one line, with a non-zero exit."""
+    """A problem to report to the user in one line, with a non-zero exit; `code` names it
+    for scripts (`--json`), "usage" by default for exit 2 (a wrong command line)."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = 1, code: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.code = code or ("usage" if exit_code == 2 else "failed")
 
 
 def client(coordinator: str, key: str | None, need_key: bool = True) -> Client:
@@ -143,13 +146,6 @@ class _nothing:  # noqa: N801 - a stand-in context manager
         return None
 
 
-def api_error_message(exc: ApiError) -> str:
-    if exc.status == 0:
-        return exc.message
-    extra = ""
-    if exc.code == "insufficient_capacity" and exc.body.get("excluded_by"):
-        parts = ", ".join(f"{k}: {v}" for k, v in exc.body["excluded_by"].items())
-        extra = f"\n  devices ruled out by each constraint: {parts}"
-    if exc.code == "insufficient_funds" and "shortfall_micros" in exc.body:
-        extra = f"\n  short by {int(exc.body['shortfall_micros']) / 1_000_000:.6f}"
-    return f"{exc.message} ({exc.status} {exc.code}){extra}"
+def money(micros: int) -> str:
+    """Micro-units as the decimal amount users see ("6.20"); scripts get the integers."""
+    return format_micros(micros)

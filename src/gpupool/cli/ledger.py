@@ -17,6 +17,7 @@ from gpupool.cli.common import (
     JsonOpt,
     KeyOpt,
     client,
+    money,
     out,
     print_json,
     read_admin_key,
@@ -41,7 +42,7 @@ def balance(
     held = "in escrow" if b.role == "renter" else "staked"
     out.print(f"{b.account_id} ({b.role}): available {b.available}, {held} {b.held}")
     for account, micros in sorted(b.held_by_account.items()):
-        out.print(f"  {account}: {micros / 1_000_000:.6f}", highlight=False)
+        out.print(f"  {account}: {money(micros)}", highlight=False)
 
 
 def _rows(entries: list[EntryOut]) -> list[tuple[object, ...]]:
@@ -117,7 +118,7 @@ def audit(
         out.print(
             f"{a.entries} entries, chain {'ok' if a.chain_ok else a.chain_error}, "
             f"balances {'match' if a.balances_match else 'DIFFER'}, minted "
-            f"{a.minted_micros} = total {a.total_micros}: "
+            f"{money(a.minted_micros)} = total {money(a.total_micros)}: "
             f"{'balanced' if a.balanced else 'NOT balanced'}"
         )
     if not a.balanced:
@@ -193,16 +194,13 @@ def _of_lease(entry: EntryOut, lease_id: str) -> bool:
 
 
 def settlement_table(summary: dict[str, Any]) -> Table:
-    def units(micros: int) -> str:
-        return f"{micros / 1_000_000:.6f}"
-
-    rows = [("renter paid into escrow", units(summary["renter_paid_micros"]))]
+    rows = [("renter paid into escrow", money(summary["renter_paid_micros"]))]
     rows += [
-        (f"supplier {s} earned", units(v)) for s, v in summary["suppliers_earned_micros"].items()
+        (f"supplier {s} earned", money(v)) for s, v in summary["suppliers_earned_micros"].items()
     ]
     rows += [
-        ("refunded to the renter", units(summary["refunded_micros"])),
-        ("slashed from stake", units(summary["slashed_micros"])),
+        ("refunded to the renter", money(summary["refunded_micros"])),
+        ("slashed from stake", money(summary["slashed_micros"])),
         ("journal balanced", "yes" if summary["balanced"] else "NO"),
     ]
     return table(f"settlement of {summary['lease_id']}", ["", "amount"], rows)

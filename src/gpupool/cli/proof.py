@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -20,8 +21,11 @@ from gpupool.cli.common import (
     print_json,
     table,
 )
+from gpupool.client import ApiError
 from gpupool.client.pins import normalize
 from gpupool.wire.models import CertificateOut
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Proof of Time-Lock certificates.", no_args_is_help=True)
 
@@ -33,6 +37,17 @@ def cluster_of(lease_or_cluster: str) -> str:
     if lease_or_cluster.startswith("l-"):
         return "c-" + lease_or_cluster.removeprefix("l-")
     return lease_or_cluster
+
+
+def _proof_of(lease_or_cluster: str, fetch: Callable[[str], T]) -> T:
+    """`fetch` the proof by cluster id, saying "no lease l-X" when the user named a lease:
+    the coordinator only knows the cluster id it was asked for."""
+    try:
+        return fetch(cluster_of(lease_or_cluster))
+    except ApiError as exc:
+        if exc.status == 404 and lease_or_cluster.startswith("l-"):
+            raise ApiError(404, exc.code, f"no lease {lease_or_cluster}", exc.body) from exc
+        raise
 
 
 def summary(body: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +100,7 @@ def show(
 ) -> None:
     """Print the signed certificate of an ended lease."""
     with client(coordinator, key) as gp:
-        cert = gp.proof(cluster_of(lease))
+        cert = _proof_of(lease, gp.proof)
     if json_out:
         print_json(cert)
     else:
@@ -104,7 +119,7 @@ def export(
     from gpupool.services.proof_files import write_folder
 
     with client(coordinator, key) as gp:
-        bundle = gp.proof_export(cluster_of(lease))
+        bundle = _proof_of(lease, gp.proof_export)
     write_folder(
         folder,
         bundle.certificate.model_dump(mode="json"),

@@ -18,6 +18,7 @@ from gpupool.cli.common import (
     KeyOpt,
     client,
     err,
+    money,
     out,
     print_json,
     table,
@@ -195,8 +196,8 @@ def stake_list(
     rows = [
         (
             s.device_id,
-            f"{s.required_micros / 1e6:.6f}",
-            f"{s.held_micros / 1e6:.6f}",
+            money(s.required_micros),
+            money(s.held_micros),
             "yes" if s.in_pool else "no",
             "-"
             if s.unstake_at is None
@@ -221,7 +222,7 @@ def stake_add(
         print_json(entry)
     else:
         moved = sum(p.amount_micros for p in entry.postings if p.amount_micros > 0)
-        out.print(f"{device_id}: staked {moved / 1e6:.6f} more (entry {entry.seq})")
+        out.print(f"{device_id}: staked {money(moved)} more (entry {entry.seq})")
 
 
 @stake_app.command("remove")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gpupool.domain.errors import InsufficientFunds, InvalidRequest
+from gpupool.domain.money import format_micros
 
 PPM = 1_000_000
 MINT = "mint"
@@ -162,7 +163,8 @@ def apply(balances: Mapping[str, int], move: Move) -> dict[str, int]:
         value = before + p.amount
         if value < 0 and p.account != MINT:
             raise InsufficientFunds(
-                f"{p.account} holds {before} micro-units; this needs {-p.amount}",
+                f"{p.account} holds {format_micros(before)}; this needs "
+                f"{format_micros(-p.amount)} (short by {format_micros(-value)})",
                 account=p.account,
                 balance_micros=before,
                 needed_micros=-p.amount,

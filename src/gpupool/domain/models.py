@@ -168,9 +168,31 @@ class Shortfall:
     excluded_by: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
-        parts = [f"{count} by {name}" for name, count in self.excluded_by.items() if count]
-        why = f" (excluded: {', '.join(parts)})" if parts else ""
+        """The counts in the order the constraints are checked, each in words, so the
+        first cause named is the first constraint a device failed."""
+        parts = [
+            f"{n} {_RULED_OUT.get(name, f'by {name}')}" for name, n in self.excluded_by.items() if n
+        ]
+        why = f"; ruled out: {', '.join(parts)}" if parts else ""
         return f"requested {self.requested} devices, {self.matching} match{why}"
+
+
+# What each hard constraint (domain.placement.hard_constraints) says about the devices it
+# ruled out; `stake` is the market's pool rule, checked after every hard constraint.
+_RULED_OUT = {
+    "availability": "busy, down or not verified",
+    "kind": "of the other kind",
+    "gpu_model": "of other GPU models",
+    "memory": "with too little memory",
+    "region": "in other regions",
+    "security_tier": "below the security tier",
+    "datacenter_tier": "below the datacenter tier",
+    "connectivity_tier": "below the connectivity tier",
+    "price": "over the price limit",
+    "image": "on workers without Docker",
+    "egress": "on workers that offer no egress",
+    "stake": "without their full stake",
+}
 
 
 @dataclass(frozen=True, slots=True)

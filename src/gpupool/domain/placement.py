@@ -98,3 +98,22 @@ class FirstFit:
         chosen = sorted(matching, key=lambda d: (d.spec.price_micros_per_hour, d.id))
         chosen = chosen[: request.devices]
         return Placed(tuple(chosen), chosen[0])
+
+
+def outside_pool(
+    request: BookingRequest, shortfall: Shortfall, outside: Sequence[Device]
+) -> Shortfall:
+    """`shortfall` with the devices kept out of the pool (not staked) counted too: each by
+    the first hard constraint it fails, and as `stake` only when it would have matched. A
+    GPU booking on a pool of unstaked CPU devices is then refused for their kind, the
+    cause a renter can act on, not for a stake that would not have helped. Availability is
+    not asked of them: an unstaked device is never challenged, so never verified, and the
+    stake is what it lacks first. Constraints that ruled out nothing are left out."""
+    checks = [(name, check) for name, check in hard_constraints(request) if name != "availability"]
+    counts = dict(shortfall.excluded_by)
+    for device in outside:
+        failed = next((name for name, check in checks if not check(device)), "stake")
+        counts[failed] = counts.get(failed, 0) + 1
+    return Shortfall(
+        shortfall.requested, shortfall.matching, {k: v for k, v in counts.items() if v}
+    )

@@ -66,3 +66,20 @@ def cooldown_left(unstake_at: float | None, now: float) -> float | None:
     if unstake_at is None:
         return None
     return max(0.0, unstake_at - now)
+
+
+class StakeState(StrEnum):
+    """Where a device stands with its stake; only `staked` devices are in the pool."""
+
+    STAKED = "staked"  # holds its required stake, no unstake asked for
+    UNSTAKING = "unstaking"  # an unstake is asked for: out of the pool through the cooldown
+    SHORT = "short"  # staked once, but holds less than required now (slashed, or price raised)
+    NONE = "none"  # never staked
+
+
+def stake_state(staked: bool, unstake_at: float | None, held: int, required: int) -> StakeState:
+    if not staked:
+        return StakeState.NONE
+    if unstake_at is not None:
+        return StakeState.UNSTAKING
+    return StakeState.STAKED if held >= required else StakeState.SHORT

@@ -30,7 +30,7 @@ from gpupool.domain.models import (
     Shortfall,
     WorkerStatus,
 )
-from gpupool.domain.placement import Placement
+from gpupool.domain.placement import Placement, outside_pool
 from gpupool.services.ids import new_id
 from gpupool.services.ledger import post
 from gpupool.services.ports import Clock, Database, Transaction
@@ -114,17 +114,18 @@ class Market:
             placement = ApartFromOpenLeases(self._placement, _open_lease_workers(tx))
             placed = placement.place(request, pool)
             if isinstance(placed, Shortfall):
-                unstaked = {"stake": len(devices) - len(pool)}
+                pooled = {d.id for d in pool}
+                short = outside_pool(request, placed, [d for d in devices if d.id not in pooled])
                 needs = (
                     f"; image {request.image} runs only on workers with Docker (+docker)"
-                    if placed.excluded_by.get("image")
+                    if short.excluded_by.get("image")
                     else ""
                 )
                 raise InsufficientCapacity(
-                    "too few devices match this booking: " + placed.describe() + needs,
-                    requested=placed.requested,
-                    matching=placed.matching,
-                    excluded_by={k: v for k, v in (placed.excluded_by | unstaked).items() if v},
+                    "too few devices match this booking: " + short.describe() + needs,
+                    requested=short.requested,
+                    matching=short.matching,
+                    excluded_by=short.excluded_by,
                 )
             suffix = new_id("x")[2:]
             cluster = Cluster("c-" + suffix, renter.id, request, now, placed.predicted_diameter_ms)

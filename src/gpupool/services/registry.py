@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpupool.domain.connectivity import connectivity_tier
 from gpupool.domain.coordinates import Coordinate
@@ -22,7 +22,9 @@ from gpupool.domain.models import (
     Worker,
     WorkerStatus,
 )
+from gpupool.domain.stake import StakeState
 from gpupool.services.ports import Clock, Database
+from gpupool.services.stake import stake_states
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class Assignment:
 class WorkerView:
     worker: Worker
     devices: tuple[Device, ...]
+    stakes: dict[str, StakeState] = field(default_factory=dict)  # by device id
 
 
 PROBE_PEERS = 4
@@ -181,4 +184,9 @@ class Registry:
         supplier = viewer.id if viewer and viewer.role is Role.SUPPLIER else None
         with self._db.transaction() as tx:
             workers = tx.workers.list_all(supplier)
-            return [WorkerView(w, tuple(tx.workers.devices(w.id))) for w in workers]
+            devices = {w.id: tuple(tx.workers.devices(w.id)) for w in workers}
+            stakes = stake_states(tx, [d for ds in devices.values() for d in ds])
+            return [
+                WorkerView(w, devices[w.id], {d.id: stakes[d.id] for d in devices[w.id]})
+                for w in workers
+            ]

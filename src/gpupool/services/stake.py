@@ -31,8 +31,13 @@ class StakeView:
 
 
 def in_pool(tx: Transaction, devices: Sequence[Device]) -> list[Device]:
-    """The devices whose stake is complete and not being withdrawn (two queries, however
-    many suppliers)."""
+    """The devices whose stake is complete and not being withdrawn."""
+    states = stake_states(tx, devices)
+    return [d for d in devices if states[d.id] is rules.StakeState.STAKED]
+
+
+def stake_states(tx: Transaction, devices: Sequence[Device]) -> dict[str, rules.StakeState]:
+    """Each device's stake state, by device id (two queries, however many suppliers)."""
     suppliers = {d.supplier_id for d in devices}
     if len(suppliers) == 1:
         (only,) = suppliers
@@ -41,13 +46,15 @@ def in_pool(tx: Transaction, devices: Sequence[Device]) -> list[Device]:
     else:
         records = {r.device_id: r for r in tx.ledger.stakes()}
         held = tx.ledger.balances_like(money.stake_prefix())
-    return [
-        d
+    return {
+        d.id: rules.stake_state(
+            (r := records.get(d.id)) is not None,
+            r.unstake_at if r is not None else None,
+            held.get(money.stake(d.supplier_id, d.id), 0),
+            rules.required_stake(d.spec),
+        )
         for d in devices
-        if (r := records.get(d.id)) is not None
-        and r.unstake_at is None
-        and held.get(money.stake(d.supplier_id, d.id), 0) >= rules.required_stake(d.spec)
-    ]
+    }
 
 
 def slash(

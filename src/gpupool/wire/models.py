@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from gpupool.domain.leases import LeaseState, MemberState
 from gpupool.domain.models import DeviceKind, DeviceStatus, Role, SecurityTier, WorkerStatus
+from gpupool.domain.stake import StakeState
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
@@ -126,6 +127,10 @@ class DeviceOut(Response):
     cuda_version: str | None
     verified: bool = Field(description="Passed its latest capability challenge.")
     gflops: float | None = Field(description="Throughput measured by that challenge.")
+    stake: StakeState | None = Field(
+        default=None,
+        description="staked (in the pool), unstaking, short (holds less than required) or none.",
+    )
 
 
 class WorkerOut(Response):

@@ -8,6 +8,7 @@ from gpupool.coordinator.storage.repos import request_to_json
 from gpupool.domain.leases import LeaseMember
 from gpupool.domain.models import Account, Device
 from gpupool.domain.money import format_micros
+from gpupool.domain.stake import StakeState
 from gpupool.services.market import ClusterView
 from gpupool.services.registry import Assignment, WorkerView
 from gpupool.wire import models as w
@@ -27,7 +28,7 @@ def account(a: Account) -> w.AccountOut:
     )
 
 
-def device(d: Device) -> w.DeviceOut:
+def device(d: Device, stake: StakeState | None = None) -> w.DeviceOut:
     s = d.spec
     return w.DeviceOut(
         id=d.id,
@@ -44,6 +45,7 @@ def device(d: Device) -> w.DeviceOut:
         cuda_version=s.cuda_version,
         verified=d.verified,
         gflops=round(d.flops / 1e9, 3) if d.flops is not None else None,
+        stake=stake,
     )
 
 
@@ -67,7 +69,7 @@ def worker(view: WorkerView) -> w.WorkerOut:
         upload_mbps=wk.upload_mbps,
         download_mbps=wk.download_mbps,
         connectivity_tier=wk.connectivity_tier,
-        devices=[device(d) for d in view.devices],
+        devices=[device(d, view.stakes.get(d.id)) for d in view.devices],
     )
 
 
