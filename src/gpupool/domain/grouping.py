@@ -26,8 +26,13 @@ The search (docs/placement.md argues it):
    max(POOL_FACTOR * N, SHORTLIST_MIN) of them) have their real pairwise RTT measured, and
    growth, polish and the exact search run again on those measurements; the probes are
    counted.
-5. Choice. Smallest diameter, then lowest price, then highest reputation, then ids. The head
-   is the most central member: smallest largest distance to the others, then smallest sum.
+5. Choice. Groups whose diameter is within the tolerance of the smallest (`equally_good`:
+   TOLERANCE_MS or TOLERANCE_RATIO of it, whichever is larger) are equally good; among them
+   the lowest price wins, then the smaller diameter, the higher reputation, the ids. So that
+   a cheaper equally good group is a candidate at all, in pools searched densely growth also
+   runs from every seed adding the cheapest worker that keeps the group within tolerance.
+   The head is the most central member: smallest largest distance to the others, then
+   smallest sum.
 
 `PoolIndex` holds the pool as columns (NumPy arrays), so the hard constraints are vector
 masks and a booking from 100,000 devices does not walk Python objects; the coordinator can
@@ -66,10 +71,20 @@ EXACT_LIMIT = 64  # up to this many workers (or short-listed ones): also the exa
 EXACT_BUDGET = 200_000  # branches the exact search may take before placement gives up on it
 SHORTLIST_MIN = 64  # workers measured pairwise on the short list: max(4 N, SHORTLIST_MIN)
 _TIE = 1e-9  # ms per micro-unit of price: breaks exact distance ties toward cheaper workers
+# Diameters closer than this are the same to placement, so price decides between them:
+# the predictions carry about 10 % median error (docs/placement.md), and 1 ms is below
+# what separates two members on one continent's backbone from each other.
+TOLERANCE_MS = 1.0
+TOLERANCE_RATIO = 0.10
 
 # Measure the real RTT between pairs of workers (by worker id); pairs it cannot measure are
 # left out of the answer.
 Measure = Callable[[Sequence[tuple[str, str]]], Mapping[tuple[str, str], float]]
+
+
+def equally_good_limit(best_diameter_ms: float) -> float:
+    """The largest diameter that is as good as `best_diameter_ms` (docs/placement.md)."""
+    return best_diameter_ms + max(TOLERANCE_MS, TOLERANCE_RATIO * best_diameter_ms)
 
 
 def geo_rtt_ms(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
@@ -231,7 +246,9 @@ class LatencyAware:
         if self.measure is not None and len(groups) > 0:
             shortlist, measured, probes = search.measure(groups, self.measure)
             groups = search.regroup(shortlist, measured)
-        best = min(groups, key=lambda g: search.rank(g, remaining))
+        limit = equally_good_limit(min(g.diameter for g in groups))
+        good = [g for g in groups if g.diameter <= limit + 1e-9]
+        best = min(good, key=lambda g: search.rank(g, remaining))
         nodes = np.array(best.nodes, dtype=np.intp)
         predicted = float(index.distances(nodes, nodes).max()) if len(nodes) > 1 else 0.0
         measured_diameter = None
@@ -267,7 +284,12 @@ class _Search:
         nodes = self.nodes
         if len(nodes) <= DENSE_LIMIT:
             d = self.index.distances(nodes, nodes)
-            return self._best(self._grow_all(nodes, d) + self._exact(nodes, d))
+            best = self._best(self._grow_all(nodes, d) + self._exact(nodes, d))
+            if not best:
+                return best
+            limit = equally_good_limit(min(g.diameter for g in best))
+            cheap = [g for s in range(len(nodes)) for g in self._grow_from(nodes, d, [s], limit)]
+            return best + self._distinct(cheap)
         pool_size = min(len(nodes), POOL_FACTOR * self.n)
         groups: list[_Group] = []
         for subset, points in self._embeddings(nodes):
@@ -325,19 +347,27 @@ class _Search:
                 out.extend(self._grow_from(pool[near], sub, [seed_at]))
         return out
 
-    def _grow_from(self, pool: Ints, d: Floats, start: list[int]) -> list[_Group]:
-        """Grow one group inside `pool` (with distance matrix `d`) from the members `start`."""
+    def _grow_from(
+        self, pool: Ints, d: Floats, start: list[int], limit: float | None = None
+    ) -> list[_Group]:
+        """Grow one group inside `pool` (with distance matrix `d`) from the members `start`:
+        each step adds the worker nearest to all members, or, given `limit`, the cheapest
+        worker within `limit` of all members (so the diameter stays within it)."""
         import numpy as np
 
         cap = self.capacity[pool]
         tie = self.cheapest[pool] * _TIE
+        price = self.cheapest[pool]
         inside = np.zeros(len(pool), dtype=bool)
         inside[start] = True
         ecc = d[start].max(axis=0)
         order = list(start)
         have = int(cap[start].sum())
         while have < self.n:
-            score = np.where(inside, np.inf, ecc + tie)
+            if limit is None:
+                score = np.where(inside, np.inf, ecc + tie)
+            else:
+                score = np.where(inside | (ecc > limit + 1e-9), np.inf, price + ecc * 1e-6)
             j = int(np.argmin(score))
             if not np.isfinite(score[j]):
                 return []
@@ -470,11 +500,12 @@ class _Search:
                 chosen.append(self.index.devices[int(i)])
         return chosen
 
-    def rank(self, g: _Group, remaining: Bools) -> tuple[float, int, float, tuple[str, ...]]:
+    def rank(self, g: _Group, remaining: Bools) -> tuple[int, float, float, tuple[str, ...]]:
+        """The order among equally good groups: price first, then the tighter one."""
         devices = self.devices_of(g.nodes, remaining)
         return (
-            round(g.diameter, 6),
             sum(d.spec.price_micros_per_hour for d in devices),
+            round(g.diameter, 6),
             -sum(d.reputation for d in devices),
             tuple(sorted(d.id for d in devices)),
         )
