@@ -98,7 +98,8 @@ def test_an_image_or_egress_booking_goes_only_to_workers_that_offer_it(api: Api)
     # nothing left that runs Docker: the shortfall names the image as what ruled them out
     r = api.book(renter, devices=1, image="train")
     assert r.status_code == 409, r.text
-    assert "2 by image" in r.json()["message"], r.text
+    assert r.json()["excluded_by"]["image"] == 2, r.text
+    assert "2 on workers without Docker" in r.json()["message"]
     r = api.book(renter, devices=1)
     assert r.status_code == 201, r.text
     assert {m["worker_id"] for m in r.json()["members"]} == {plain.worker_id}

@@ -116,13 +116,8 @@ class Market:
             if isinstance(placed, Shortfall):
                 pooled = {d.id for d in pool}
                 short = outside_pool(request, placed, [d for d in devices if d.id not in pooled])
-                needs = (
-                    f"; image {request.image} runs only on workers with Docker (+docker)"
-                    if short.excluded_by.get("image")
-                    else ""
-                )
                 raise InsufficientCapacity(
-                    "too few devices match this booking: " + short.describe() + needs,
+                    "too few devices match this booking: " + short.describe(),
                     requested=short.requested,
                     matching=short.matching,
                     excluded_by=short.excluded_by,
