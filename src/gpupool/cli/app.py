@@ -19,6 +19,7 @@ from gpupool.cli import (
     demo,
     jobs,
     keys,
+    launch,
     ledger,
     proof,
     serve,
@@ -51,6 +52,7 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(proof.app, name="proof")
 app.add_typer(bench.app, name="bench")
 app.command("demo")(demo.demo)
+app.command("launch")(launch.launch)
 app.add_typer(ledger.app, name="ledger")
 app.command("balance")(ledger.balance)
 app.add_typer(tasks.stake_app, name="stake")

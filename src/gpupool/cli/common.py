@@ -49,6 +49,10 @@ KeyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+BookingKeyOpt = Annotated[
+    str | None,
+    typer.Option(help="Run the command again with the same key: it books and pays once."),
+]
 
 
 class CliError(Exception):
