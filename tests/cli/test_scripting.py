@@ -132,3 +132,14 @@ def test_help_at_80_columns_shows_every_option_and_its_whole_help() -> None:
         if param.help:
             # click may break a long word at a hyphen; every other word is whole
             assert " ".join(param.help.split()).replace("- ", "-") in words.replace("- ", "-")
+
+
+def test_stake_add_all_tops_up_only_short_devices_and_needs_one_target(net: LocalNetwork) -> None:
+    env = _env(net, net.supplier_keys[0])
+    done = gpupool("stake", "add", "--all", "--json", env=env)
+    assert done.returncode == 0 and json.loads(done.stdout) == []  # the network staked them
+    said = gpupool("stake", "add", "--all", env=env)
+    assert said.returncode == 0 and "fully staked" in said.stdout
+    for wrong in ((), ("w-x:cpu0", "--all")):
+        refused = gpupool("stake", "add", *wrong, "--json", env=env)
+        assert refused.returncode == 2 and "name one device, or pass --all" in refused.stdout

@@ -210,19 +210,31 @@ def stake_list(
 
 @stake_app.command("add")
 def stake_add(
-    device_id: Annotated[str, typer.Argument(help="Your device.")],
+    device_id: Annotated[str | None, typer.Argument(help="Your device.")] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every device of yours whose stake is short.")
+    ] = False,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     key: KeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Top the device's stake up to its required amount from your balance."""
+    if (device_id is None) == (not every):
+        raise CliError("name one device, or pass --all", 2)
     with client(coordinator, key) as gp:
-        entry = gp.stake(device_id)
+        if every:
+            devices = [s.device_id for s in gp.stakes() if s.held_micros < s.required_micros]
+        else:
+            devices = [device_id or ""]
+        entries = [(d, gp.stake(d)) for d in devices]
     if json_out:
-        print_json(entry)
-    else:
+        print_json([entry for _, entry in entries] if every else entries[0][1])
+        return
+    for device, entry in entries:
         moved = sum(p.amount_micros for p in entry.postings if p.amount_micros > 0)
-        out.print(f"{device_id}: staked {money(moved)} more (entry {entry.seq})")
+        out.print(f"{device}: staked {money(moved)} more (entry {entry.seq})")
+    if every and not entries:
+        out.print("every device of yours is fully staked")
 
 
 @stake_app.command("remove")
