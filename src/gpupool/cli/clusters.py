@@ -55,6 +55,32 @@ def wait_for_state(
     )
 
 
+def wait_for_ray(gp: Client, cluster: ClusterOut, timeout: float, quiet: bool) -> ClusterRayOut:
+    """Wait until every member worker's Ray node (one per worker, whatever its devices) has
+    joined the head: a lease is `ready` when its sandboxes are, and a worker's Ray node may
+    still be connecting then."""
+    workers = {m.worker_id for m in cluster.members}
+    last: list[ClusterRayOut] = []
+
+    def check() -> ClusterRayOut | None:
+        ray = gp.cluster_ray(cluster.id)
+        last[:] = [ray]
+        for node in ray.nodes:
+            if node.state == "failed":
+                why = f"the Ray node on {node.worker_id} failed: {node.reason}"
+                raise CliError(f"{cluster.id}: {why}")
+        joined = sum(n.state == "joined" for n in ray.nodes)
+        return ray if joined >= len(workers) else None
+
+    return wait_with_progress(
+        f"waiting for {len(workers)} Ray nodes of {cluster.id} to join",
+        check,
+        timeout,
+        quiet,
+        lambda: f"{sum(n.state == 'joined' for n in last[0].nodes)} joined" if last else "",
+    )
+
+
 def show_cluster(c: ClusterOut) -> None:
     out.print(
         f"[bold]{c.id}[/bold]  lease {c.lease_id}  state [bold]{c.state}[/bold]"

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 import gpupool
-from gpupool.cli.clusters import TERMINAL, wait_for_state, with_ray
+from gpupool.cli.clusters import TERMINAL, wait_for_ray, wait_for_state, with_ray
 from gpupool.cli.common import (
     DEFAULT_COORDINATOR,
     BookingKeyOpt,
@@ -40,6 +40,7 @@ from gpupool.wire.ray import JobOut
 
 EVERY_NODE = Path(gpupool.__file__).parent / "workloads" / "every_node.py"
 EVERY_NODE_NAME = "_gpupool_every_node.py"
+RELEASE_TIMEOUT = 120.0  # seconds --down waits for the members to release their devices
 
 
 def launch(
@@ -82,7 +83,7 @@ def launch(
             cluster = wait_for_state(gp, cluster.id, ("ready",), timeout, json_out)
             if cluster.state != "ready":
                 raise CliError(f"{cluster.id} is {cluster.state}: {cluster.reason}")
-            result["cluster"] = with_ray(cluster, gp.cluster_ray(cluster.id))
+            result["cluster"] = with_ray(cluster, wait_for_ray(gp, cluster, timeout, json_out))
             if package is not None:
                 gp.upload_package(cluster.id, *package)
             name = package[0] if package is not None else None
@@ -104,7 +105,7 @@ def launch(
             )
             result["run"] = job.model_dump(mode="json")
         finally:
-            result["terminated"] = down and _terminate(gp, cluster.id, say)
+            result["terminated"] = down and _terminate(gp, cluster.id, json_out)
     if json_out:
         print_json(result)
     if result["run"]["status"] != "SUCCEEDED":
@@ -162,15 +163,18 @@ def _job(
     return job
 
 
-def _terminate(gp: Client, cluster_id: str, say: bool) -> bool:
-    """End the cluster (--down); False when it had already ended or the call failed."""
+def _terminate(gp: Client, cluster_id: str, quiet: bool) -> bool:
+    """End the cluster (--down) and wait until its devices are released; False when it had
+    already ended or ending it failed."""
     try:
         if gp.cluster(cluster_id).state in TERMINAL:
             return False
         gp.terminate(cluster_id)
-    except ApiError as exc:
-        err.print(f"[red]could not terminate {cluster_id}:[/red] {exc.message}", highlight=False)
+        ended = wait_for_state(gp, cluster_id, TERMINAL, RELEASE_TIMEOUT, quiet)
+    except (ApiError, CliError) as exc:
+        why = exc.message if isinstance(exc, ApiError) else str(exc)
+        err.print(f"[red]could not terminate {cluster_id}:[/red] {why}", highlight=False)
         return False
-    if say:
-        err.print(f"terminated {cluster_id}")
+    if not quiet:
+        err.print(f"terminated {cluster_id}: {ended.state}")
     return True
