@@ -8,13 +8,14 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.processes import stop_group
 
 DOCKERD = "/usr/sbin/dockerd"
 START_SECONDS = 60.0
@@ -81,16 +82,6 @@ def _start(base: Path, driver: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextlib.contextmanager
 def private_dockerd() -> Iterator[Path]:
     """Start a private dockerd (overlay2, else vfs); yield its socket; stop it at the end."""
@@ -109,14 +100,14 @@ def private_dockerd() -> Iterator[Path]:
             engine.close()
             if up:
                 break
-            _stop(proc)
+            stop_group(proc)
             proc = None
         if proc is None:
             raise RuntimeError(f"no private dockerd started; see {base}/dockerd-*.log")
         yield base / "docker.sock"
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_group(proc)
         for mount in reversed(Path("/proc/self/mounts").read_text().splitlines()):
             target = mount.split()[1]
             if target.startswith(str(base)):
