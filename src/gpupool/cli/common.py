@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -63,6 +64,20 @@ class CliError(Exception):
         super().__init__(message)
         self.exit_code = exit_code
         self.code = code or ("usage" if exit_code == 2 else "failed")
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_pairs(pairs: Iterable[str]) -> dict[str, str]:
+    """`--env NAME=VALUE` options as a mapping (a usage error for anything else)."""
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise CliError(f"--env takes NAME=VALUE, not {pair!r}", 2)
+        values[name] = value
+    return values
 
 
 def client(coordinator: str, key: str | None, need_key: bool = True) -> Client:

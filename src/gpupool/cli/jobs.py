@@ -25,6 +25,7 @@ from gpupool.cli.common import (
     JsonOpt,
     KeyOpt,
     client,
+    env_pairs,
     err,
     out,
     print_json,
@@ -91,12 +92,7 @@ def submit(
     json_out: JsonOpt = False,
 ) -> None:
     """Submit COMMAND as a Ray job on the cluster: gpupool job submit c-... -- python x.py"""
-    env_vars = {}
-    for pair in env or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise CliError(f"--env takes NAME=VALUE, not {pair!r}", 2)
-        env_vars[name] = value
+    env_vars = env_pairs(env or [])
     entrypoint = shlex.join(command)
     with client(coordinator, key) as gp:
         package = None

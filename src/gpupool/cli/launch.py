@@ -29,11 +29,12 @@ from gpupool.cli.common import (
     JsonOpt,
     KeyOpt,
     client,
+    env_pairs,
     err,
     print_json,
 )
 from gpupool.cli.jobs import follow, package_directory
-from gpupool.cli.taskfile import ENV_NAME, TaskFile, load_task, stage
+from gpupool.cli.taskfile import TaskFile, load_task, stage
 from gpupool.client import ApiError, Client
 from gpupool.wire.models import ClusterOut
 from gpupool.wire.ray import JobOut
@@ -65,7 +66,7 @@ def launch(
 ) -> None:
     """Book a cluster for a task file, set it up, run it and stream its logs."""
     task = load_task(task_file)
-    task.envs.update(_overrides(env or []))
+    task.envs.update(env_pairs(env or []))
     say = not json_out
     with tempfile.TemporaryDirectory(prefix="gpupool-launch-") as tmp:
         work = Path(tmp)
@@ -110,16 +111,6 @@ def launch(
         print_json(result)
     if result["run"]["status"] != "SUCCEEDED":
         raise typer.Exit(1)
-
-
-def _overrides(pairs: list[str]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not ENV_NAME.fullmatch(name):
-            raise CliError(f"--env takes NAME=VALUE, not {pair!r}", 2)
-        values[name] = value
-    return values
 
 
 def _cluster(

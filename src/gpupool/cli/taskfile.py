@@ -26,7 +26,6 @@ silently book a cluster that skips its setup.
 
 from __future__ import annotations
 
-import re
 import shutil
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
@@ -35,10 +34,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gpupool.cli.common import CliError
+from gpupool.cli.common import ENV_NAME, CliError
 from gpupool.domain.models import DeviceKind, SecurityTier
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Resources(BaseModel):
