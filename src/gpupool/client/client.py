@@ -36,6 +36,14 @@ def _idempotency(key: str | None) -> dict[str, str] | None:
     return {"Idempotency-Key": key} if key else None
 
 
+def _booking(fields: dict[str, Any]) -> dict[str, Any]:
+    """A booking's (or an offers query's) fields as sent: unset ones left out, the price
+    as a decimal string."""
+    return {
+        k: (str(v) if k == "max_price_per_hour" else v) for k, v in fields.items() if v is not None
+    }
+
+
 class Client:
     def __init__(
         self,
@@ -66,9 +74,12 @@ class Client:
         json: Any = None,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Any:
         try:
-            response = self._http.request(method, path, json=json, headers=headers, content=content)
+            response = self._http.request(
+                method, path, json=json, headers=headers, content=content, params=params
+            )
         except httpx.HTTPError as exc:
             raise ApiError(
                 0, "unreachable", f"cannot reach the coordinator at {self.base_url}: {exc}"
@@ -129,13 +140,21 @@ class Client:
     def create_cluster(self, idempotency_key: str | None = None, **booking: Any) -> w.ClusterOut:
         """Book a cluster; `booking` holds the fields of `wire.models.BookingIn` (None: unset).
         A retry with the same `idempotency_key` returns the first booking and pays once."""
-        body = {
-            k: (str(v) if k == "max_price_per_hour" else v)
-            for k, v in booking.items()
-            if v is not None
-        }
-        data = self._call("POST", "/v1/clusters", body, _idempotency(idempotency_key))
+        data = self._call("POST", "/v1/clusters", _booking(booking), _idempotency(idempotency_key))
         return w.ClusterOut.model_validate(data)
+
+    def quote(self, **booking: Any) -> w.QuoteOut:
+        """A dry run of `create_cluster(**booking)`: the devices it would get now and the
+        price. Nothing is booked."""
+        return w.QuoteOut.model_validate(
+            self._call("POST", "/v1/clusters/quote", _booking(booking))
+        )
+
+    def offers(self, **filters: Any) -> list[w.OfferOut]:
+        """What can be booked now; `filters` holds the fields of `wire.models.OffersQuery`
+        (None: unset)."""
+        data = self._call("GET", "/v1/offers", params=_booking(filters))
+        return [w.OfferOut.model_validate(x) for x in data]
 
     def clusters(self) -> list[w.ClusterOut]:
         return [w.ClusterOut.model_validate(x) for x in self._call("GET", "/v1/clusters")]

@@ -117,3 +117,60 @@ def outside_pool(
     return Shortfall(
         shortfall.requested, shortfall.matching, {k: v for k, v in counts.items() if v}
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Bookable devices that look alike to a booking: what it can ask for, and how many."""
+
+    kind: DeviceKind
+    model: str
+    memory_mb: int
+    region: str
+    connectivity_tier: int
+    price_micros_per_hour: int
+    features: tuple[str, ...]  # what their workers' sandboxes offer: docker, egress
+    count: int
+    workers: int
+
+
+def offers(
+    request: BookingRequest, pool: Sequence[Device], *, any_kind: bool = False
+) -> list[Offer]:
+    """The pool's devices that meet every hard constraint of `request` (its kind too, unless
+    `any_kind`), grouped by what a booking can ask for, cheapest first. The count is per
+    device: a booking spread over several workers may still be refused to keep two open
+    leases from sharing a pair of workers (domain.mesh.ApartFromOpenLeases)."""
+    checks = [
+        check for name, check in hard_constraints(request) if not (any_kind and name == "kind")
+    ]
+    groups: dict[tuple[DeviceKind, str, int, str, int, int, tuple[str, ...]], list[Device]] = {}
+    for device in pool:
+        if all(check(device) for check in checks):
+            s = device.spec
+            key = (
+                s.kind,
+                s.model,
+                s.memory_mb,
+                device.location.region,
+                device.connectivity_tier,
+                s.price_micros_per_hour,
+                tuple(sorted(device.features)),
+            )
+            groups.setdefault(key, []).append(device)
+    found = [
+        Offer(*key, count=len(devices), workers=len({d.worker_id for d in devices}))
+        for key, devices in groups.items()
+    ]
+    return sorted(
+        found,
+        key=lambda o: (
+            o.price_micros_per_hour,
+            o.kind.value,
+            o.model,
+            o.region,
+            -o.connectivity_tier,
+            o.memory_mb,
+            o.features,
+        ),
+    )

@@ -30,7 +30,8 @@ from gpupool.domain.models import (
     Shortfall,
     WorkerStatus,
 )
-from gpupool.domain.placement import Placement, outside_pool
+from gpupool.domain.placement import Offer, Placed, Placement, outside_pool
+from gpupool.domain.placement import offers as group_offers
 from gpupool.services.ids import new_id
 from gpupool.services.ledger import post
 from gpupool.services.ports import Clock, Database, Transaction
@@ -45,6 +46,21 @@ class ClusterView:
     lease: Lease
     members: tuple[LeaseMember, ...]
     events: tuple[tuple[float, LeaseState, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A booking's dry run: the devices placement picks and what they cost, in micro-units."""
+
+    placed: Placed
+    hours: int
+    price_micros_per_hour: int
+    total_micros: int
+    balance_micros: int  # the renter's available funds now
+
+    @property
+    def affordable(self) -> bool:
+        return self.balance_micros >= self.total_micros
 
 
 class _LostRace(Exception):
@@ -109,19 +125,7 @@ class Market:
     ) -> ClusterView:
         now = self._clock.now()
         with self._db.transaction() as tx:
-            devices = tx.workers.devices()
-            pool = in_pool(tx, devices) if self.require_stake else devices
-            placement = ApartFromOpenLeases(self._placement, _open_lease_workers(tx))
-            placed = placement.place(request, pool)
-            if isinstance(placed, Shortfall):
-                pooled = {d.id for d in pool}
-                short = outside_pool(request, placed, [d for d in devices if d.id not in pooled])
-                raise InsufficientCapacity(
-                    "too few devices match this booking: " + short.describe(),
-                    requested=short.requested,
-                    matching=short.matching,
-                    excluded_by=short.excluded_by,
-                )
+            placed = self._place(tx, request)
             suffix = new_id("x")[2:]
             cluster = Cluster("c-" + suffix, renter.id, request, now, placed.predicted_diameter_ms)
             lease = Lease(
@@ -160,6 +164,44 @@ class Market:
             tx.leases.add_event(lease.id, now, LeaseState.PENDING, "booked")
             tx.workers.bump_lease_version(sorted({d.worker_id for d in placed.devices}))
             return _view(tx, cluster)
+
+    def _place(self, tx: Transaction, request: BookingRequest) -> Placed:
+        """The devices a booking gets now, or InsufficientCapacity naming why none."""
+        devices = tx.workers.devices()
+        pool = in_pool(tx, devices) if self.require_stake else devices
+        placement = ApartFromOpenLeases(self._placement, _open_lease_workers(tx))
+        placed = placement.place(request, pool)
+        if isinstance(placed, Shortfall):
+            pooled = {d.id for d in pool}
+            short = outside_pool(request, placed, [d for d in devices if d.id not in pooled])
+            raise InsufficientCapacity(
+                "too few devices match this booking: " + short.describe(),
+                requested=short.requested,
+                matching=short.matching,
+                excluded_by=short.excluded_by,
+            )
+        return placed
+
+    def quote(self, renter: Account, request: BookingRequest) -> Quote:
+        """What booking `request` now would get and cost, booking nothing: the same pool and
+        placement as `book`, so a booking made next gets these devices at this price unless
+        the pool changed in between (another booking, a worker gone, a new measurement)."""
+        _require_renter(renter)
+        with self._db.transaction() as tx:
+            placed = self._place(tx, request)
+            main = ledger.renter(renter.id)
+            balance = tx.ledger.balances([main]).get(main, 0)
+        per_hour = sum(d.spec.price_micros_per_hour for d in placed.devices)
+        return Quote(placed, request.hours, per_hour, per_hour * request.hours, balance)
+
+    def offers(self, renter: Account, request: BookingRequest, *, any_kind: bool) -> list[Offer]:
+        """What can be booked now: the pool's available devices meeting `request`'s hard
+        constraints (its size aside), grouped alike (domain.placement.offers)."""
+        _require_renter(renter)
+        with self._db.transaction() as tx:
+            devices = tx.workers.devices()
+            pool = in_pool(tx, devices) if self.require_stake else devices
+        return group_offers(request, pool, any_kind=any_kind)
 
     def get(self, renter: Account, cluster_id: str) -> ClusterView:
         with self._db.transaction() as tx:

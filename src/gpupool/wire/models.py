@@ -26,7 +26,8 @@ ImageRef = Annotated[
 Count = Annotated[int, Field(strict=True, ge=1, le=4096)]
 Hours = Annotated[int, Field(strict=True, ge=1, le=8760)]
 Tier = Annotated[int, Field(strict=True, ge=0, le=4)]
-Price = Annotated[Decimal, Field(ge=0, le=1_000_000, max_digits=16, decimal_places=6)]
+PRICE_LIMIT = Decimal(1_000_000)
+Price = Annotated[Decimal, Field(ge=0, le=PRICE_LIMIT, max_digits=16, decimal_places=6)]
 
 
 class Request(BaseModel):
@@ -302,11 +303,9 @@ class MemberReportOut(Response):
 # clusters as renters see them --------------------------------------------------------------
 
 
-class BookingIn(Request):
-    devices: Count
-    kind: DeviceKind = DeviceKind.GPU
-    hours: Hours
-    max_price_per_hour: Price = Field(description="Per device-hour, in account units.")
+class BookingFilters(Request):
+    """The hard constraints a booking and an offers query share."""
+
     gpu_models: list[Name] = Field(default_factory=list, max_length=64)
     min_memory_mb: int = Field(default=0, strict=True, ge=0, le=1 << 40)
     regions: list[Name] = Field(default_factory=list, max_length=64)
@@ -323,6 +322,59 @@ class BookingIn(Request):
         description="Internet egress from the lease (never the supplier's networks); only "
         "workers that offer it. Off: the members reach each other and nothing else.",
     )
+
+
+class BookingIn(BookingFilters):
+    devices: Count
+    kind: DeviceKind = DeviceKind.GPU
+    hours: Hours
+    max_price_per_hour: Price = Field(description="Per device-hour, in account units.")
+
+
+class OffersQuery(BookingFilters):
+    """GET /v1/offers' query: a booking's constraints without its size; every one optional."""
+
+    kind: DeviceKind | None = Field(default=None, description="None: both kinds.")
+    max_price_per_hour: Price | None = Field(
+        default=None, description="Per device-hour, in account units. None: any price."
+    )
+
+
+class OfferOut(Response):
+    kind: DeviceKind
+    model: str
+    memory_mb: int
+    region: str
+    connectivity_tier: int
+    price_per_hour: str = Field(description="Per device-hour, in account units.")
+    features: list[str] = Field(description="What the workers' sandboxes offer: docker, egress.")
+    count: int = Field(description="Devices bookable now.")
+    workers: int = Field(description="The workers they are on.")
+
+
+class QuoteDeviceOut(Response):
+    device_id: str
+    worker_id: str
+    kind: DeviceKind
+    model: str
+    region: str
+    connectivity_tier: int
+    price_per_hour: str
+
+
+class QuoteOut(Response):
+    """A booking's dry run: what booking it now would get and cost. Nothing is booked."""
+
+    devices: list[QuoteDeviceOut]
+    head_device_id: str
+    predicted_diameter_ms: float | None = Field(
+        default=None, description="Largest predicted RTT between two of these devices."
+    )
+    hours: int
+    price_per_hour: str = Field(description="All devices together, per hour.")
+    total_price: str
+    balance: str = Field(description="Your available funds now.")
+    affordable: bool = Field(description="False: booking it now would be refused (402).")
 
 
 class ExtendIn(Request):

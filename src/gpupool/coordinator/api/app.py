@@ -23,6 +23,7 @@ from gpupool.coordinator.api import (
     clusters,
     errors,
     meta,
+    offers,
     ray,
     workers,
 )
@@ -178,7 +179,7 @@ def create_app(
     app.state.services = svc
     app.state.mesh = Mesh(db, clock or SystemClock())
     errors.install(app)
-    for module in (accounts, agents, bandwidth, clusters, meta, ray, workers):
+    for module in (accounts, agents, bandwidth, clusters, meta, offers, ray, workers):
         app.include_router(module.router)
     app.include_router(ray.agent_router)
     app.include_router(mesh_api.agent_router)

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api import convert
 from gpupool.coordinator.api.deps import RenterDep, ServicesDep
-from gpupool.domain.models import BookingRequest
+from gpupool.domain.models import BookingRequest, DeviceKind
 from gpupool.domain.money import to_micros
 from gpupool.services.timelock import SignedCertificate
 from gpupool.wire import models as w
@@ -27,12 +27,24 @@ IdempotencyKey = Annotated[
 ]
 
 
-def booking(body: w.BookingIn) -> BookingRequest:
+# Booking nothing can cost more than this per device-hour: an offers query without a price.
+ANY_PRICE = to_micros(w.PRICE_LIMIT)
+
+
+def booking(body: w.BookingIn | w.OffersQuery) -> BookingRequest:
+    """The domain's request for a booking, or for an offers query (one device, one hour, its
+    kind GPU when it names none: `Market.offers` is told to ignore the kind then)."""
+    if isinstance(body, w.OffersQuery):
+        devices, hours, kind = 1, 1, body.kind or DeviceKind.GPU
+        price = ANY_PRICE if body.max_price_per_hour is None else to_micros(body.max_price_per_hour)
+    else:
+        devices, hours, kind = body.devices, body.hours, body.kind
+        price = to_micros(body.max_price_per_hour)
     return BookingRequest(
-        devices=body.devices,
-        kind=body.kind,
-        hours=body.hours,
-        max_price_micros_per_hour=to_micros(body.max_price_per_hour),
+        devices=devices,
+        kind=kind,
+        hours=hours,
+        max_price_micros_per_hour=price,
         gpu_models=tuple(body.gpu_models),
         min_memory_mb=body.min_memory_mb,
         regions=tuple(body.regions),
@@ -51,6 +63,13 @@ async def book(
     """Book a cluster; its full price moves into escrow (402 with the shortfall if short)."""
     view = await run_in_threadpool(svc.market.book, renter, booking(body), idempotency_key)
     return convert.cluster(view)
+
+
+@router.post("/quote")
+async def quote(body: w.BookingIn, renter: RenterDep, svc: ServicesDep) -> w.QuoteOut:
+    """A dry run of booking `body`: the devices placement picks now, the predicted diameter
+    and the price. Nothing is booked or paid; the same 409 as a booking when too few match."""
+    return convert.quote(await run_in_threadpool(svc.market.quote, renter, booking(body)))
 
 
 @router.get("")

@@ -8,8 +8,9 @@ from gpupool.coordinator.storage.repos import request_to_json
 from gpupool.domain.leases import LeaseMember
 from gpupool.domain.models import Account, Device
 from gpupool.domain.money import format_micros
+from gpupool.domain.placement import Offer
 from gpupool.domain.stake import StakeState
-from gpupool.services.market import ClusterView
+from gpupool.services.market import ClusterView, Quote
 from gpupool.services.registry import Assignment, WorkerView
 from gpupool.wire import models as w
 
@@ -111,4 +112,42 @@ def cluster(view: ClusterView) -> w.ClusterOut:
         request=request_to_json(view.cluster.request),
         members=[member(m) for m in view.members],
         events=[w.EventOut(at=ts(at), state=state, note=note) for at, state, note in view.events],
+    )
+
+
+def offer(o: Offer) -> w.OfferOut:
+    return w.OfferOut(
+        kind=o.kind,
+        model=o.model,
+        memory_mb=o.memory_mb,
+        region=o.region,
+        connectivity_tier=o.connectivity_tier,
+        price_per_hour=format_micros(o.price_micros_per_hour),
+        features=list(o.features),
+        count=o.count,
+        workers=o.workers,
+    )
+
+
+def quote(q: Quote) -> w.QuoteOut:
+    return w.QuoteOut(
+        devices=[
+            w.QuoteDeviceOut(
+                device_id=d.id,
+                worker_id=d.worker_id,
+                kind=d.spec.kind,
+                model=d.spec.model,
+                region=d.location.region,
+                connectivity_tier=d.connectivity_tier,
+                price_per_hour=format_micros(d.spec.price_micros_per_hour),
+            )
+            for d in q.placed.devices
+        ],
+        head_device_id=q.placed.head.id,
+        predicted_diameter_ms=q.placed.predicted_diameter_ms,
+        hours=q.hours,
+        price_per_hour=format_micros(q.price_micros_per_hour),
+        total_price=format_micros(q.total_micros),
+        balance=format_micros(q.balance_micros),
+        affordable=q.affordable,
     )
