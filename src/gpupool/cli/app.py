@@ -21,6 +21,7 @@ from gpupool.cli import (
     keys,
     launch,
     ledger,
+    offers,
     proof,
     serve,
     tasks,
@@ -53,6 +54,7 @@ app.add_typer(proof.app, name="proof")
 app.add_typer(bench.app, name="bench")
 app.command("demo")(demo.demo)
 app.command("launch")(launch.launch)
+app.command("offers")(offers.offers)
 app.add_typer(ledger.app, name="ledger")
 app.command("balance")(ledger.balance)
 app.add_typer(tasks.stake_app, name="stake")

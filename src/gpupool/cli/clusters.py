@@ -10,6 +10,7 @@ import typer
 
 from gpupool.cli.common import (
     DEFAULT_COORDINATOR,
+    BookingKeyOpt,
     CliError,
     CoordinatorOpt,
     JsonOpt,
@@ -26,7 +27,7 @@ from gpupool.client import Client
 from gpupool.client.wgconfig import BringUpError, bring_up, default_name, render, write_config
 from gpupool.crypto.wgkeys import KeyPair
 from gpupool.domain.models import DeviceKind, SecurityTier
-from gpupool.wire.models import ClusterOut
+from gpupool.wire.models import ClusterOut, QuoteOut
 from gpupool.wire.ray import ClusterRayOut
 
 app = typer.Typer(help="Clusters: book devices by the hour.", no_args_is_help=True)
@@ -138,69 +139,146 @@ def with_ray(cluster: ClusterOut, ray: ClusterRayOut) -> dict[str, Any]:
     return {**cluster.model_dump(mode="json"), "ray": ray.model_dump(mode="json")}
 
 
+# A booking's hard constraints, shared by `cluster create` and `gpupool offers`.
+GpuModelOpt = Annotated[list[str] | None, typer.Option(help="Accept this model (repeat).")]
+MinMemoryOpt = Annotated[int, typer.Option(min=0, help="Least device memory, MB.")]
+RegionOpt = Annotated[list[str] | None, typer.Option(help="Accept this region (repeat).")]
+SecurityOpt = Annotated[SecurityTier, typer.Option(help="Supplier security tier.")]
+DatacenterTierOpt = Annotated[int, typer.Option(min=0, max=4)]
+ConnectivityTierOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=4,
+        help="Measured bandwidth, slower direction: 1 >= 10 Mbit/s, 2 >= 100, "
+        "3 >= 1000, 4 >= 10000.",
+    ),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Run the members in this container image (workers whose agent runs Docker "
+        "and has it); default: the agent's own sandbox."
+    ),
+]
+EgressOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Let the lease reach the Internet (never the supplier's networks); only "
+        "workers that offer it. Default: the members reach each other and nothing else."
+    ),
+]
+
+
+def filters(
+    gpu_model: list[str] | None,
+    min_memory_mb: int,
+    region: list[str] | None,
+    security: SecurityTier,
+    min_datacenter_tier: int,
+    min_connectivity_tier: int,
+    image: str | None,
+    egress: bool,
+) -> dict[str, Any]:
+    """Those options as the client's booking fields (None: unset)."""
+    return {
+        "gpu_models": gpu_model or None,
+        "min_memory_mb": min_memory_mb or None,
+        "regions": region or None,
+        "security_tier": security.value,
+        "min_datacenter_tier": min_datacenter_tier or None,
+        "min_connectivity_tier": min_connectivity_tier or None,
+        "image": image,
+        "egress": egress or None,
+    }
+
+
+def show_quote(q: QuoteOut) -> None:
+    out.print(
+        table(
+            f"{len(q.devices)} devices placement would pick now (head {q.head_device_id})",
+            ["device", "kind", "model", "region", "link tier", "price/h"],
+            [
+                (
+                    d.device_id,
+                    d.kind.value,
+                    d.model,
+                    d.region,
+                    d.connectivity_tier,
+                    d.price_per_hour,
+                )
+                for d in q.devices
+            ],
+        )
+    )
+    diameter = "-" if q.predicted_diameter_ms is None else f"{q.predicted_diameter_ms:.1f} ms"
+    out.print(
+        f"predicted diameter {diameter}   {q.price_per_hour}/h   "
+        f"{q.total_price} for {q.hours} h   your balance {q.balance}",
+        highlight=False,
+    )
+    if not q.affordable:
+        out.print(
+            f"[yellow]your balance does not cover {q.total_price}: "
+            "booking now would be refused[/yellow]"
+        )
+    out.print("nothing booked (--dry-run)")
+
+
 @app.command("create")
 def create(
     devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="How many devices.")],
     max_price: Annotated[str, typer.Option(help="Highest price per device-hour you accept.")],
     kind: Annotated[DeviceKind, typer.Option(help="gpu or cpu.")] = DeviceKind.GPU,
     hours: Annotated[int, typer.Option(min=1, help="Whole hours.")] = 1,
-    gpu_model: Annotated[list[str] | None, typer.Option(help="Accept this model (repeat).")] = None,
-    min_memory_mb: Annotated[int, typer.Option(min=0)] = 0,
-    region: Annotated[list[str] | None, typer.Option(help="Accept this region (repeat).")] = None,
-    security: Annotated[SecurityTier, typer.Option(help="Supplier security tier.")] = (
-        SecurityTier.ANY
-    ),
-    min_datacenter_tier: Annotated[int, typer.Option(min=0, max=4)] = 0,
-    min_connectivity_tier: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=4,
-            help="Measured bandwidth, slower direction: 1 >= 10 Mbit/s, 2 >= 100, "
-            "3 >= 1000, 4 >= 10000.",
-        ),
-    ] = 0,
-    image: Annotated[
-        str | None,
-        typer.Option(
-            help="Run the members in this container image (workers whose agent runs Docker "
-            "and has it); default: the agent's own sandbox."
-        ),
-    ] = None,
-    egress: Annotated[
+    gpu_model: GpuModelOpt = None,
+    min_memory_mb: MinMemoryOpt = 0,
+    region: RegionOpt = None,
+    security: SecurityOpt = SecurityTier.ANY,
+    min_datacenter_tier: DatacenterTierOpt = 0,
+    min_connectivity_tier: ConnectivityTierOpt = 0,
+    image: ImageOpt = None,
+    egress: EgressOpt = False,
+    dry_run: Annotated[
         bool,
         typer.Option(
-            help="Let the lease reach the Internet (never the supplier's networks); only "
-            "workers that offer it. Default: the members reach each other and nothing else."
+            help="Show the devices placement would pick now, the predicted diameter and the "
+            "price; book nothing."
         ),
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait until the cluster is ready.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option(help="Run the command again with the same key: it books and pays once."),
-    ] = None,
+    idempotency_key: BookingKeyOpt = None,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     key: KeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Book a cluster of devices for whole hours (its full price moves into escrow)."""
+    booking = {
+        "devices": devices,
+        "kind": kind.value,
+        "hours": hours,
+        "max_price_per_hour": max_price,
+        **filters(
+            gpu_model,
+            min_memory_mb,
+            region,
+            security,
+            min_datacenter_tier,
+            min_connectivity_tier,
+            image,
+            egress,
+        ),
+    }
     with client(coordinator, key) as gp:
-        cluster = gp.create_cluster(
-            idempotency_key=idempotency_key,
-            devices=devices,
-            kind=kind.value,
-            hours=hours,
-            max_price_per_hour=max_price,
-            gpu_models=gpu_model or None,
-            min_memory_mb=min_memory_mb or None,
-            regions=region or None,
-            security_tier=security.value,
-            min_datacenter_tier=min_datacenter_tier or None,
-            min_connectivity_tier=min_connectivity_tier or None,
-            image=image,
-            egress=egress or None,
-        )
+        if dry_run:
+            quote = gp.quote(**booking)
+            if json_out:
+                print_json(quote)
+            else:
+                show_quote(quote)
+            return
+        cluster = gp.create_cluster(idempotency_key=idempotency_key, **booking)
         if not json_out:
             err.print(
                 f"booked {cluster.id}: {len(cluster.members)} devices, "

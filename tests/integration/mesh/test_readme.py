@@ -220,7 +220,7 @@ def _settled(session: Session, command: str) -> None:
         )
     if "stake list" in command or "stake add" in command:
         _until("the supplier's machine to register", lambda: _workers(session) >= 1)
-    if "cluster create" in command and not session.booked:
+    if ("cluster create" in command or "gpupool offers" in command) and not session.booked:
         _until("the staked devices to pass their challenge", lambda: _bookable(session) >= 4)
         session.booked = True
 
