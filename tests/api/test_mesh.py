@@ -214,6 +214,27 @@ def test_a_renter_connects_to_its_own_cluster_only(api: Api, three: list[AgentSi
     assert again.json()["address"] == got["address"]  # a new key keeps the address
 
 
+def test_connecting_to_a_cluster_without_a_mesh_is_refused_not_an_empty_config(
+    api: Api, three: list[AgentSim]
+) -> None:
+    renter = api.account("renter", "meshless")
+    cluster, _ = _cluster(api, renter, 2)  # no member registered a WireGuard key
+    url = f"/v1/clusters/{cluster}/mesh/connect"
+    r = api.http.post(
+        url, json={"public_key": KeyPair.generate().public_key}, headers=api.as_key(renter)
+    )
+    assert r.status_code == 409, r.text
+    assert "has no mesh" in r.json()["message"]
+    shown = api.http.get(f"/v1/clusters/{cluster}", headers=api.as_key(renter)).json()
+    members = {m["worker_id"] for m in shown["members"]}
+    (outsider,) = [a for a in three if a.worker_id not in members]
+    _key(outsider)  # a keyed worker outside the cluster does not make it a mesh
+    r = api.http.post(
+        url, json={"public_key": KeyPair.generate().public_key}, headers=api.as_key(renter)
+    )
+    assert r.status_code == 409, r.text
+
+
 def test_mesh_routes_need_a_signed_worker(api: Api, three: list[AgentSim]) -> None:
     key = KeyPair.generate().public_key
     r = api.http.post("/v1/agent/mesh/key", json={"public_key": key})

@@ -101,6 +101,13 @@ class Mesh:
             lease = tx.leases.lease_of_cluster(cluster.id)
             if lease.state not in ACTIVE_STATES:
                 raise Conflict(f"cluster {cluster_id} is {lease.state}; nothing to connect to")
+            if not self._keyed_members(tx, lease.id):
+                # a config with no peers would come up and reach nothing
+                raise Conflict(
+                    f"cluster {cluster_id} has no mesh: none of its members runs WireGuard "
+                    "(their agents have no mesh key); reach its Ray through the coordinator "
+                    "with gpupool job submit"
+                )
         node_id = client_id(cluster_id)
         self._claim(node_id, "client", public_key, cluster_id)
         with self._db.transaction() as tx:
