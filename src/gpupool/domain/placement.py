@@ -81,6 +81,11 @@ class Placed:
     measured_diameter_ms: float | None = None
     probes: int = 0
 
+    @property
+    def price_micros_per_hour(self) -> int:
+        """All the chosen devices together, per hour."""
+        return sum(d.spec.price_micros_per_hour for d in self.devices)
+
 
 class Placement(Protocol):
     def place(self, request: BookingRequest, candidates: Sequence[Device]) -> Placed | Shortfall:

@@ -26,6 +26,7 @@ from gpupool.domain.models import (
     Account,
     BookingRequest,
     Cluster,
+    Device,
     Role,
     Shortfall,
     WorkerStatus,
@@ -54,9 +55,11 @@ class Quote:
 
     placed: Placed
     hours: int
-    price_micros_per_hour: int
-    total_micros: int
     balance_micros: int  # the renter's available funds now
+
+    @property
+    def total_micros(self) -> int:
+        return self.placed.price_micros_per_hour * self.hours
 
     @property
     def affordable(self) -> bool:
@@ -137,7 +140,7 @@ class Market:
                 t2=now + request.hours * self.hour_seconds,
                 hours=request.hours,
                 head_device_id=placed.head.id,
-                price_micros_per_hour=sum(d.spec.price_micros_per_hour for d in placed.devices),
+                price_micros_per_hour=placed.price_micros_per_hour,
                 reason="",
                 updated_at=now,
             )
@@ -165,10 +168,14 @@ class Market:
             tx.workers.bump_lease_version(sorted({d.worker_id for d in placed.devices}))
             return _view(tx, cluster)
 
+    def _pool(self, tx: Transaction) -> tuple[list[Device], list[Device]]:
+        """Every device, and those a booking may get (staked, where stake is required)."""
+        devices = tx.workers.devices()
+        return devices, (in_pool(tx, devices) if self.require_stake else devices)
+
     def _place(self, tx: Transaction, request: BookingRequest) -> Placed:
         """The devices a booking gets now, or InsufficientCapacity naming why none."""
-        devices = tx.workers.devices()
-        pool = in_pool(tx, devices) if self.require_stake else devices
+        devices, pool = self._pool(tx)
         placement = ApartFromOpenLeases(self._placement, _open_lease_workers(tx))
         placed = placement.place(request, pool)
         if isinstance(placed, Shortfall):
@@ -191,16 +198,14 @@ class Market:
             placed = self._place(tx, request)
             main = ledger.renter(renter.id)
             balance = tx.ledger.balances([main]).get(main, 0)
-        per_hour = sum(d.spec.price_micros_per_hour for d in placed.devices)
-        return Quote(placed, request.hours, per_hour, per_hour * request.hours, balance)
+        return Quote(placed, request.hours, balance)
 
     def offers(self, renter: Account, request: BookingRequest, *, any_kind: bool) -> list[Offer]:
         """What can be booked now: the pool's available devices meeting `request`'s hard
         constraints (its size aside), grouped alike (domain.placement.offers)."""
         _require_renter(renter)
         with self._db.transaction() as tx:
-            devices = tx.workers.devices()
-            pool = in_pool(tx, devices) if self.require_stake else devices
+            _, pool = self._pool(tx)
         return group_offers(request, pool, any_kind=any_kind)
 
     def get(self, renter: Account, cluster_id: str) -> ClusterView:

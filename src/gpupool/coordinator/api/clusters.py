@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.coordinator.api import convert
 from gpupool.coordinator.api.deps import RenterDep, ServicesDep
-from gpupool.domain.models import BookingRequest, DeviceKind
+from gpupool.domain.models import BookingRequest
 from gpupool.domain.money import to_micros
 from gpupool.services.timelock import SignedCertificate
 from gpupool.wire import models as w
@@ -27,33 +27,28 @@ IdempotencyKey = Annotated[
 ]
 
 
-# Booking nothing can cost more than this per device-hour: an offers query without a price.
-ANY_PRICE = to_micros(w.PRICE_LIMIT)
-
-
-def booking(body: w.BookingIn | w.OffersQuery) -> BookingRequest:
-    """The domain's request for a booking, or for an offers query (one device, one hour, its
-    kind GPU when it names none: `Market.offers` is told to ignore the kind then)."""
-    if isinstance(body, w.OffersQuery):
-        devices, hours, kind = 1, 1, body.kind or DeviceKind.GPU
-        price = ANY_PRICE if body.max_price_per_hour is None else to_micros(body.max_price_per_hour)
-    else:
-        devices, hours, kind = body.devices, body.hours, body.kind
-        price = to_micros(body.max_price_per_hour)
+def booking(body: w.BookingIn) -> BookingRequest:
     return BookingRequest(
-        devices=devices,
-        kind=kind,
-        hours=hours,
-        max_price_micros_per_hour=price,
-        gpu_models=tuple(body.gpu_models),
-        min_memory_mb=body.min_memory_mb,
-        regions=tuple(body.regions),
-        security_tier=body.security_tier,
-        min_datacenter_tier=body.min_datacenter_tier,
-        min_connectivity_tier=body.min_connectivity_tier,
-        image=body.image,
-        egress=body.egress,
+        devices=body.devices,
+        kind=body.kind,
+        hours=body.hours,
+        max_price_micros_per_hour=to_micros(body.max_price_per_hour),
+        **constraints(body),
     )
+
+
+def constraints(body: w.BookingFilters) -> dict[str, Any]:
+    """The hard constraints a booking and an offers query share, as BookingRequest's fields."""
+    return {
+        "gpu_models": tuple(body.gpu_models),
+        "min_memory_mb": body.min_memory_mb,
+        "regions": tuple(body.regions),
+        "security_tier": body.security_tier,
+        "min_datacenter_tier": body.min_datacenter_tier,
+        "min_connectivity_tier": body.min_connectivity_tier,
+        "image": body.image,
+        "egress": body.egress,
+    }
 
 
 @router.post("", status_code=201)

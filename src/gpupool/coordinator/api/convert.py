@@ -146,7 +146,7 @@ def quote(q: Quote) -> w.QuoteOut:
         head_device_id=q.placed.head.id,
         predicted_diameter_ms=q.placed.predicted_diameter_ms,
         hours=q.hours,
-        price_per_hour=format_micros(q.price_micros_per_hour),
+        price_per_hour=format_micros(q.placed.price_micros_per_hour),
         total_price=format_micros(q.total_micros),
         balance=format_micros(q.balance_micros),
         affordable=q.affordable,
