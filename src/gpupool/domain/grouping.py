@@ -249,7 +249,11 @@ class LatencyAware:
         limit = equally_good_limit(min(g.diameter for g in groups))
         good = [g for g in groups if g.diameter <= limit + 1e-9]
         best = min(good, key=lambda g: search.rank(g, remaining))
-        nodes = np.array(best.nodes, dtype=np.intp)
+        chosen = search.devices_of(best.nodes, remaining)
+        # the group's workers that hold a chosen device (the cheapest N may leave one out)
+        holding = {d.worker_id for d in chosen}
+        used = [v for v in best.nodes if index.worker_ids[v] in holding]
+        nodes = np.array(used, dtype=np.intp)
         predicted = float(index.distances(nodes, nodes).max()) if len(nodes) > 1 else 0.0
         measured_diameter = None
         matrix = index.distances(nodes, nodes)
@@ -258,7 +262,6 @@ class LatencyAware:
             sub = np.array([where[int(v)] for v in nodes], dtype=np.intp)
             matrix = measured[np.ix_(sub, sub)]
             measured_diameter = float(matrix.max()) if len(nodes) > 1 else 0.0
-        chosen = search.devices_of(best.nodes, remaining)
         ecc = matrix.max(axis=1)
         centre = min(range(len(nodes)), key=lambda i: (ecc[i], matrix[i].sum(), i))
         head_worker = index.worker_ids[int(nodes[centre])]
@@ -490,15 +493,17 @@ class _Search:
     # 5: choice ------------------------------------------------------------------------
 
     def devices_of(self, nodes: Sequence[int], remaining: Bools) -> list[Device]:
+        """The group's N cheapest matching devices, whichever of its workers hold them (at
+        one price, the earlier worker's first). Filling worker by worker in the group's
+        order priced one set of workers differently by the order it was grown in."""
         import numpy as np
 
-        chosen: list[Device] = []
-        for v in nodes:
-            start, end = self.index.node_start[v], self.index.node_start[v + 1]
-            members = start + np.flatnonzero(remaining[start:end])
-            for i in members[: self.n - len(chosen)]:
-                chosen.append(self.index.devices[int(i)])
-        return chosen
+        starts = self.index.node_start
+        held = [starts[v] + np.flatnonzero(remaining[starts[v] : starts[v + 1]]) for v in nodes]
+        rows = np.concatenate(held)
+        position = np.repeat(np.arange(len(held)), [len(h) for h in held])
+        order = np.lexsort((rows, position, self.index.price[rows]))[: self.n]
+        return [self.index.devices[int(i)] for i in rows[order]]
 
     def rank(self, g: _Group, remaining: Bools) -> tuple[int, float, float, tuple[str, ...]]:
         """The order among equally good groups: price first, then the tighter one."""

@@ -104,6 +104,25 @@ def test_of_equally_good_groups_the_cheaper_wins() -> None:
     assert p.predicted_diameter_ms == pytest.approx(1.3 + 0.5 + 0.5)
 
 
+def test_a_group_of_workers_is_priced_by_its_cheapest_devices_whatever_its_order() -> None:
+    # one spot; w-1 holds two dear devices, w-2 three cheap ones: four devices need both
+    # workers, and the four cheapest are w-2's three and one of w-1's, in either order
+    for dear, cheap in ((1, 2), (2, 1)):
+        pool = [*at(dear, 0, devices=2, price=10), *at(cheap, 0, devices=3, price=5)]
+        p = placed(LatencyAware().place(request(4), pool))
+        assert sorted(d.spec.price_micros_per_hour for d in p.devices) == [5, 5, 5, 10]
+        assert p.head in p.devices
+
+
+def test_a_worker_left_without_a_device_is_not_part_of_the_cluster() -> None:
+    # w-1 is in the tight group but its device is dearer than w-2's three: three devices
+    # all come from w-2, so the cluster is one worker and its diameter that of one machine
+    pool = [*at(1, 0, price=10), *at(2, 0.5, devices=3, price=5), *at(3, 300, price=1)]
+    p = placed(LatencyAware().place(request(3), pool))
+    assert workers(p) == {"w-2"} and p.head.worker_id == "w-2"
+    assert p.predicted_diameter_ms == 0.0
+
+
 def test_a_much_tighter_group_beats_a_cheaper_one() -> None:
     # 3 ms against 21 ms is far outside the tolerance: the dearer, tighter pair wins.
     pool = [*at(1, 0, price=80_000), *at(2, 2, price=80_000), *at(3, 20, price=50_000)]
